@@ -1,0 +1,52 @@
+"""open_clip_thermal: thermal (LWIR) perception for OpenCLIP via dual LoRA branches (T-CLIP)."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+version = {}
+exec((HERE / "open_clip_thermal" / "version.py").read_text(), version)
+
+setup(
+    name="open_clip_thermal",
+    version=version["__version__"],
+    description="T-CLIP: thermal-aware CLIP with dual LoRA branches, as an OpenCLIP plug-in",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["open_clip_thermal", "open_clip_thermal.*"]),
+    package_data={"open_clip_thermal": ["model_configs/*.json", "tclip_configs/*.json", "prompts/*.txt",
+                                        "lexicons/*.json", "assets/*"]},
+    python_requires=">=3.9",
+    install_requires=[
+        # Loose ranges: the README's install command picks the exact torch builds.
+        "torch>=2.1",
+        "torchvision>=0.16",
+        # 4.x reorganises the trainer and attention; the `training` extra brings pandas and
+        # pins webdataset<=0.2.86, which open_clip_train's pipeline needs.
+        "open_clip_torch[training]>=3.0,<4",
+        "loralib>=0.1.2",
+        "webdataset>=0.2.5,<=0.2.86",
+        "timm>=0.9",
+        "braceexpand>=0.1.7",
+        "fsspec>=2023.1",
+        "numpy>=1.22",
+        "pillow>=9",
+        "safetensors>=0.4",
+        "scipy>=1.9",
+        "tqdm>=4.60",
+        "httpx>=0.24",
+    ],
+    extras_require={
+        "plots": ["matplotlib>=3.5"],
+        "dev": ["pytest>=7", "matplotlib>=3.5"],
+    },
+    entry_points={
+        "console_scripts": [
+            "tclip-train=open_clip_thermal.train:main",
+            "tclip-convert=open_clip_thermal.convert:main",
+            "tclip-benchmark=open_clip_thermal.benchmark:main",
+            "tclip-ircap=open_clip_thermal.ircap:main",
+            "tclip-quickstart=open_clip_thermal.quickstart:main",
+        ],
+    },
+)
