@@ -14,8 +14,8 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["open_clip_thermal", "open_clip_thermal.*"]),
-    package_data={"open_clip_thermal": ["model_configs/*.json", "tclip_configs/*.json", "prompts/*.txt",
-                                        "lexicons/*.json", "assets/*"]},
+    package_data={"open_clip_thermal": ["model_configs/*.json", "tclip_configs/*.json", "ircap/prompts/*.txt",
+                                        "ircap/lexicons/*.json"]},
     python_requires=">=3.9",
     install_requires=[
         # Loose ranges: the README's install command picks the exact torch builds.
