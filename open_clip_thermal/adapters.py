@@ -1,0 +1,224 @@
+"""Adapter files: LoRA weights (+ temperature) of each branch, as PEFT saves them.
+
+Layout of an adapter folder::
+
+    adapter_config.json                 base model, base weights, LoRA settings, branches, fusion
+    global/adapter_model.safetensors    one file per branch; keys without the branch name
+    fine_grained/adapter_model.safetensors
+
+Only LoRA matrices and the branch's ``logit_scale`` are stored (a few MB for ViT-B-16), never the
+frozen backbone, never with pickle. :func:`export_merged` writes one branch folded into the base
+weights as a plain OpenCLIP checkpoint that stock ``open_clip.create_model`` loads.
+"""
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, Mapping, Optional, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .fusion import DualLoRAFusion
+from .lora import LoRAConfig
+from .version import __version__
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT = "open_clip_thermal.lora_adapter"
+PathLike = Union[str, os.PathLike]
+
+
+class AdapterError(ValueError):
+    """An adapter folder that is missing, corrupt or does not fit the model."""
+
+
+def base_fingerprint(model: DualLoRAFusion) -> str:
+    """A cheap hash of the frozen base weights: names, shapes and the first 1024 values of each tensor.
+
+    Enough to tell two different pretrained weights of one architecture apart without hashing the
+    whole backbone on every save.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.base.state_dict().items()):
+        if "lora_" in name:
+            continue
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().flatten()[:1024].to("cpu", torch.float32).numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def _branch_tensors(model: DualLoRAFusion, branch: str) -> Dict[str, torch.Tensor]:
+    suffix = "." + branch
+    tensors = {}
+    for name, param in model.base.named_parameters():
+        if "lora_" in name and name.endswith(suffix):
+            tensors[name[: -len(suffix)]] = param.detach().to("cpu").contiguous()
+    tensors["logit_scale"] = model.logit_scales[branch].detach().to("cpu").reshape(1).contiguous()
+    return tensors
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def adapter_config(model: DualLoRAFusion, branches: Iterable[str]) -> dict:
+    """The JSON description saved next to the weights."""
+    import open_clip
+    info = getattr(model, "tclip_info", {})
+    return {
+        "format": FORMAT,
+        "model_name": info.get("model_name"),
+        "base_model": info.get("base_model"),
+        "base_pretrained": info.get("base_pretrained"),
+        "base_fingerprint": base_fingerprint(model),
+        "lora": model.lora_config.to_dict(),
+        "branches": list(branches),
+        "lam": model.lam,
+        "fusion": model.fusion,
+        "open_clip_version": open_clip.__version__,
+        "open_clip_thermal_version": __version__,
+    }
+
+
+def save_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Iterable[str]] = None) -> Path:
+    """Write the LoRA weights of ``branches`` (default: all) and the config to ``folder``.
+
+    Files are written to temporary names and renamed, so a crash never leaves half a file.
+    """
+    folder = Path(folder)
+    names = list(model.branches if branches is None else branches)
+    for b in names:
+        if b not in model.branches:
+            raise AdapterError(f"model has no branch {b!r} (branches: {list(model.branches)})")
+        tensors = _branch_tensors(model, b)
+        _atomic_write(folder / b / WEIGHTS_NAME,
+                      lambda tmp, t=tensors: save_file(t, tmp, metadata={"format": FORMAT, "branch": b}))
+    config = adapter_config(model, names)
+    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    return folder
+
+
+def adapter_folder(path: PathLike) -> Optional[Path]:
+    """The adapter folder ``path`` points at (the folder, its config or a weights file), or None."""
+    p = Path(path)
+    if p.is_dir() and (p / CONFIG_NAME).is_file():
+        return p
+    if p.is_file() and p.name == CONFIG_NAME:
+        return p.parent
+    if p.is_file() and p.name == WEIGHTS_NAME:
+        for candidate in (p.parent, p.parent.parent):
+            if (candidate / CONFIG_NAME).is_file():
+                return candidate
+    return None
+
+
+def read_adapter_config(folder: PathLike) -> dict:
+    """Parse and check ``adapter_config.json``; raises :class:`AdapterError` naming the file."""
+    path = Path(folder) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AdapterError(f"no {CONFIG_NAME} in adapter folder {folder}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"adapter config {path} is not valid JSON: {e}") from None
+    if config.get("format") != FORMAT:
+        raise AdapterError(f"{path} is not an open_clip_thermal adapter config (format={config.get('format')!r})")
+    for key in ("base_model", "lora", "branches"):
+        if key not in config:
+            raise AdapterError(f"adapter config {path} lacks {key!r}")
+    return config
+
+
+def load_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Mapping[str, str]] = None,
+                  strict_base: bool = True) -> DualLoRAFusion:
+    """Load branch weights from an adapter folder into ``model``, in place.
+
+    Args:
+        model: a T-CLIP model with the same base architecture and LoRA settings.
+        folder: adapter folder (or its config / weights file).
+        branches: saved branch -> model branch (default: every saved branch into the same name).
+            ``{'global': 'global'}`` loads one branch of a dual folder; a single-branch folder can
+            go into another branch of a dual model this way (also the cross-initialisation ablation).
+        strict_base: refuse adapters saved on other base weights (fingerprint mismatch).
+
+    Returns:
+        ``model``.
+    """
+    folder_path = adapter_folder(folder)
+    if folder_path is None:
+        raise AdapterError(f"{folder} is not an adapter folder (expected {CONFIG_NAME} and "
+                           f"<branch>/{WEIGHTS_NAME})")
+    config = read_adapter_config(folder_path)
+    info = getattr(model, "tclip_info", {})
+    if info.get("base_model") and config["base_model"] != info["base_model"]:
+        raise AdapterError(f"adapter {folder_path} was trained on base {config['base_model']!r}, "
+                           f"this model's base is {info['base_model']!r}")
+    saved_lora = LoRAConfig.from_dict(config["lora"])
+    if saved_lora != model.lora_config:
+        raise AdapterError(f"adapter {folder_path} has LoRA settings {saved_lora.to_dict()}, the model has "
+                           f"{model.lora_config.to_dict()}; create the model with matching settings")
+    fingerprint = config.get("base_fingerprint")
+    if strict_base and fingerprint and fingerprint != base_fingerprint(model):
+        raise AdapterError(f"adapter {folder_path} was saved on other base weights than this model's "
+                           f"(base_pretrained={config.get('base_pretrained')!r}); load the same base "
+                           "weights or pass strict_base=False")
+    mapping = dict(branches) if branches is not None else {b: b for b in config["branches"]}
+    for saved, target in mapping.items():
+        if saved not in config["branches"]:
+            raise AdapterError(f"adapter {folder_path} has no branch {saved!r} (has {config['branches']})")
+        if target not in model.branches:
+            raise AdapterError(f"model has no branch {target!r} (branches: {list(model.branches)})")
+        _load_branch(model, folder_path / saved / WEIGHTS_NAME, target)
+    return model
+
+
+def _load_branch(model: DualLoRAFusion, path: Path, branch: str) -> None:
+    try:
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise AdapterError(f"adapter weights {path} missing") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"adapter weights {path} cannot be read: {e}") from None
+    expected = {k: v for k, v in _branch_tensors(model, branch).items()}
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise AdapterError(f"adapter weights {path} do not fit the model: {len(missing)} missing keys "
+                           f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+    params = dict(model.base.named_parameters())
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if key == "logit_scale":
+                target = model.logit_scales[branch]
+            else:
+                target = params[f"{key}.{branch}"]
+            if value.numel() != target.numel() or (key != "logit_scale" and value.shape != target.shape):
+                raise AdapterError(f"adapter weights {path}: {key} has shape {tuple(value.shape)}, "
+                                   f"the model expects {tuple(target.shape)}")
+            target.copy_(value.reshape(target.shape))
+
+
+def export_merged(model: DualLoRAFusion, branch: Optional[str], path: PathLike) -> Path:
+    """Write one branch merged into the base weights as an OpenCLIP checkpoint (``.safetensors``
+    or a ``torch.save`` of the state_dict for other suffixes). Load it with
+    ``open_clip.create_model(<base model>, pretrained=path)``."""
+    path = Path(path)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.merged_state_dict(branch).items()}
+    if path.suffix == ".safetensors":
+        _atomic_write(path, lambda tmp: save_file(state, tmp))
+    else:
+        _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return path
