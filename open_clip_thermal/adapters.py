@@ -143,7 +143,7 @@ def read_adapter_config(folder: PathLike) -> dict:
 
 
 def load_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Mapping[str, str]] = None,
-                  strict_base: bool = True) -> DualLoRAFusion:
+                  strict_base: bool = True, as_branch: Optional[str] = None) -> DualLoRAFusion:
     """Load branch weights from an adapter folder into ``model``, in place.
 
     Args:
@@ -153,6 +153,7 @@ def load_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Ma
             ``{'global': 'global'}`` loads one branch of a dual folder; a single-branch folder can
             go into another branch of a dual model this way (also the cross-initialisation ablation).
         strict_base: refuse adapters saved on other base weights (fingerprint mismatch).
+        as_branch: shorthand for a single-branch folder: load its one branch into this model branch.
 
     Returns:
         ``model``.
@@ -175,6 +176,11 @@ def load_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Ma
         raise AdapterError(f"adapter {folder_path} was saved on other base weights than this model's "
                            f"(base_pretrained={config.get('base_pretrained')!r}); load the same base "
                            "weights or pass strict_base=False")
+    if as_branch is not None:
+        if branches is not None or len(config["branches"]) != 1:
+            raise AdapterError(f"as_branch needs a single-branch adapter folder and no branches= mapping; "
+                               f"{folder_path} holds {config['branches']}")
+        branches = {config["branches"][0]: as_branch}
     mapping = dict(branches) if branches is not None else {b: b for b in config["branches"]}
     for saved, target in mapping.items():
         if saved not in config["branches"]:
