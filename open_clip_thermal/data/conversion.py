@@ -1,0 +1,326 @@
+"""Annotations + image files -> WebDataset shards, ``sizes.json`` and ``manifest.json``.
+
+Two passes: the first validates every row and reads each image's header (cheap, parallel) so the
+number of good samples per split, and with it the shard plan, is known up front; the second reads
+the bytes and writes the shards in a seeded, deterministic order. Because the plan is
+deterministic, an interrupted run resumes exactly where its last complete shard ended and the
+result is byte-identical to an uninterrupted run (see ``docs/data.md``).
+"""
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from tqdm import tqdm
+
+from .annotations import Annotation, FieldNames, Skipped, read_annotations
+from .decode import decode_thermal
+from .image_files import ImageFileError, ImageInfo, inspect_image, read_bytes, reencode_png, resolve_path
+from .manifest import build_manifest, write_json_atomic, write_sizes
+from .shards import PARTIAL_SUFFIX, ConversionJournal, SplitShardWriter, make_keys
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+
+
+class ConversionError(RuntimeError):
+    """The conversion cannot go on (strict-mode problem, output conflict, nothing written)."""
+
+
+@dataclass
+class ConvertOptions:
+    """Everything the converter needs; the CLI fills it from argparse."""
+
+    annotations: str  # annotation file path or URL
+    output_dir: str  # local folder for shards, sizes.json, manifest.json
+    image_root: Optional[str] = None  # prefix of relative image paths (folder or fsspec URL)
+    fields: FieldNames = field(default_factory=FieldNames)
+    fmt: Optional[str] = None  # json | jsonl | csv | tsv; None: from the extension
+    prefix: str = "thermal"
+    maxcount: int = 10000  # samples per shard at most
+    maxsize: float = 3e9  # payload bytes per shard at most
+    min_shards: int = 1  # spread each split over at least this many shards
+    seed: int = 0
+    shuffle: bool = True  # seeded shuffle within each split
+    reencode: bool = False  # re-encode thermal images as PNG instead of copying their bytes
+    verify: bool = False  # fully decode every image before writing it
+    strict: bool = False  # first bad input is fatal
+    default_split: str = "train"
+    default_dataset: Optional[str] = None
+    overwrite: bool = False  # delete a previous, different conversion's files instead of refusing
+    threads: int = 8  # parallel image reads
+    command: str = ""  # recorded in the manifest
+    progress: bool = True
+    throttle: float = 0.0  # seconds to sleep per written sample (only to test interruption)
+
+
+@dataclass
+class PlannedSample:
+    """A validated annotation whose image headers were read, ready to be written."""
+
+    annotation: Annotation
+    key: str
+    image_path: str
+    rgb_path: Optional[str]
+    thermal: ImageInfo
+    rgb: Optional[ImageInfo]
+
+
+def _ordered_map(function: Callable, items: Iterable, threads: int, window: int = 64) -> Iterator:
+    """``map`` over a thread pool, in input order, with at most ``window`` items in flight."""
+    if threads <= 1:
+        yield from map(function, items)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _fail_or_skip(options: ConvertOptions, skipped: Skipped) -> Skipped:
+    if options.strict:
+        raise ConversionError(f"row {skipped.row} (id {skipped.id!r}): {skipped.reason}")
+    return skipped
+
+
+def _inspect_row(annotation: Annotation, options: ConvertOptions) -> Tuple[Annotation, Any, Any]:
+    """Read the image headers of one row; returns (annotation, thermal info or error, rgb info or error)."""
+    try:
+        thermal = inspect_image(resolve_path(annotation.image, options.image_root))
+    except ImageFileError as exc:
+        return annotation, exc, None
+    if annotation.rgb is None:
+        return annotation, thermal, None
+    try:
+        return annotation, thermal, inspect_image(resolve_path(annotation.rgb, options.image_root))
+    except ImageFileError as exc:
+        return annotation, thermal, exc
+
+
+def plan_samples(annotations: List[Annotation], options: ConvertOptions) -> Tuple[Dict[str, List[PlannedSample]], List[Skipped]]:
+    """Check image headers and order the good samples of each split (seeded shuffle)."""
+    skipped: List[Skipped] = []
+    good: List[Tuple[Annotation, ImageInfo, Optional[ImageInfo]]] = []
+    results = _ordered_map(lambda a: _inspect_row(a, options), annotations, options.threads)
+    for annotation, thermal, rgb in tqdm(results, total=len(annotations), desc="checking images", unit="img",
+                                         disable=not options.progress):
+        if isinstance(thermal, ImageFileError):
+            skipped.append(_fail_or_skip(options, Skipped(annotation.row, annotation.id, str(thermal), "image")))
+        elif isinstance(rgb, ImageFileError):
+            skipped.append(_fail_or_skip(options, Skipped(annotation.row, annotation.id, f"rgb: {rgb}", "image")))
+        else:
+            good.append((annotation, thermal, rgb))
+    keys = make_keys([annotation.id for annotation, _, _ in good])
+    plan: Dict[str, List[PlannedSample]] = {}
+    for annotation, thermal, rgb in good:
+        plan.setdefault(annotation.split, []).append(PlannedSample(
+            annotation, keys[annotation.id], resolve_path(annotation.image, options.image_root),
+            resolve_path(annotation.rgb, options.image_root) if annotation.rgb else None, thermal, rgb))
+    if options.shuffle:
+        for split in sorted(plan):
+            random.Random(f"{options.seed}:{split}").shuffle(plan[split])
+    return plan, skipped
+
+
+def _fingerprint(options: ConvertOptions, plan: Dict[str, List[PlannedSample]]) -> str:
+    """Hash of everything that decides the shard bytes; a resume needs the same value."""
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in asdict(options).items()
+                if k not in ("command", "progress", "threads", "overwrite", "throttle", "strict")}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for split in sorted(plan):
+        for item in plan[split]:
+            digest.update(json.dumps([split, item.key, asdict(item.annotation), asdict(item.thermal),
+                                      asdict(item.rgb) if item.rgb else None], sort_keys=True).encode(
+                "utf-8", errors="surrogateescape"))
+    return digest.hexdigest()
+
+
+def _split_shard_count_limit(options: ConvertOptions, count: int) -> int:
+    """Samples per shard: ``maxcount``, lowered so a split of ``count`` fills ``min_shards`` shards."""
+    if options.min_shards <= 1 or count == 0:
+        return options.maxcount
+    return max(1, min(options.maxcount, math.ceil(count / options.min_shards)))
+
+
+def _our_files(options: ConvertOptions) -> List[str]:
+    """Shards and partial files of this prefix (any split) that already exist in the output folder."""
+    ours = re.compile(re.escape(f"{options.prefix}-") + r".+-\d{6}\.tar(" + re.escape(PARTIAL_SUFFIX) + ")?")
+    return [name for name in sorted(os.listdir(options.output_dir)) if ours.fullmatch(name)]
+
+
+def _journal_path(options: ConvertOptions) -> str:
+    return os.path.join(options.output_dir, f"_convert_journal-{options.prefix}.jsonl")
+
+
+def _valid_entries(options: ConvertOptions, entries: List[Dict[str, Any]], plan: Dict[str, List[PlannedSample]]) -> List[Dict[str, Any]]:
+    """Journal entries whose shard file still exists intact, in order and consistent with the plan."""
+    kept: List[Dict[str, Any]] = []
+    next_index: Dict[str, int] = {}
+    for entry in entries:
+        split = entry["split"]
+        path = os.path.join(options.output_dir, entry["name"])
+        expected_index = next_index.get(split, 0)
+        intact = (split in plan and entry["index"] == expected_index and os.path.exists(path)
+                  and os.path.getsize(path) == entry["bytes"])
+        if intact:
+            kept.append(entry)
+            next_index[split] = expected_index + 1
+        else:
+            next_index[split] = -1  # later shards of this split cannot be trusted either
+    return kept
+
+
+def prepare_output(options: ConvertOptions, fingerprint: str, plan: Dict[str, List[PlannedSample]]) -> Tuple[ConversionJournal, List[Dict[str, Any]]]:
+    """Decide between resuming and starting clean, and clean the output folder accordingly.
+
+    Returns:
+        the journal and the entries of shards that are kept (empty when starting clean).
+    """
+    os.makedirs(options.output_dir, exist_ok=True)
+    journal = ConversionJournal(_journal_path(options))
+    previous = journal.load(fingerprint)
+    existing = _our_files(options)
+    if previous is None and existing and not options.overwrite:
+        raise ConversionError(
+            f"{options.output_dir} already holds shards of prefix {options.prefix!r} from a different or "
+            f"unjournaled conversion (e.g. {existing[0]}); pass --overwrite to delete them and start clean, "
+            f"or choose another --output-dir / --prefix")
+    kept = _valid_entries(options, previous or [], plan)
+    kept_names = {entry["name"] for entry in kept}
+    for name in existing:
+        if name not in kept_names:
+            os.remove(os.path.join(options.output_dir, name))
+    manifest_path = os.path.join(options.output_dir, MANIFEST_NAME)
+    if os.path.exists(manifest_path):
+        os.remove(manifest_path)  # rewritten at the end; a stale one must not describe new shards
+    journal.start(fingerprint, kept)
+    if kept:
+        log.info("resuming: keeping %d finished shard(s) in %s", len(kept), options.output_dir)
+    return journal, kept
+
+
+def _read_sample(item: PlannedSample, options: ConvertOptions) -> Dict[str, Any]:
+    """Read the bytes of one planned sample and build the shard sample dict."""
+    annotation = item.annotation
+    thermal = read_bytes(item.image_path)
+    ext = item.thermal.ext
+    if options.verify:
+        try:
+            decode_thermal(thermal, ext)
+        except ValueError as exc:
+            raise ImageFileError(f"undecodable image {item.image_path}: {exc}") from exc
+    if options.reencode:
+        thermal, ext = reencode_png(thermal), "png"
+    metadata = {"id": annotation.id, "dataset": annotation.dataset, "split": annotation.split,
+                "image": annotation.image, "thermal_mode": item.thermal.mode,
+                "width": item.thermal.width, "height": item.thermal.height, **annotation.meta}
+    sample = {"__key__": item.key, ext: thermal, "txt": annotation.global_caption.encode("utf-8")}
+    if annotation.fg_caption is not None:
+        sample["fg.txt"] = annotation.fg_caption.encode("utf-8")
+    if item.rgb_path is not None:
+        rgb = read_bytes(item.rgb_path)
+        if options.verify:
+            inspect_rgb_bytes(rgb, item.rgb_path)
+        sample[f"rgb.{item.rgb.ext}"] = rgb
+        metadata["rgb"] = annotation.rgb
+    sample["json"] = json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return sample
+
+
+def inspect_rgb_bytes(data: bytes, path: str) -> None:
+    """Fully decode RGB image bytes, raising :class:`ImageFileError` when they are corrupt."""
+    import io
+
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise ImageFileError(f"rgb: undecodable image {path}: {exc}") from exc
+
+
+def _safe_read(item: PlannedSample, options: ConvertOptions):
+    try:
+        return _read_sample(item, options)
+    except (ImageFileError, OSError, ValueError) as exc:
+        return exc
+
+
+def write_split(options: ConvertOptions, split: str, items: List[PlannedSample], journal: ConversionJournal,
+                kept: List[Dict[str, Any]], progress: tqdm) -> List[Dict[str, Any]]:
+    """Write the part of one split that is not covered by kept shards; returns all its shard entries."""
+    start = kept[-1]["end"] if kept else 0
+    if start >= len(items):
+        return kept
+    writer = SplitShardWriter(options.output_dir, options.prefix, split, journal,
+                              maxcount=_split_shard_count_limit(options, len(items)), maxsize=options.maxsize,
+                              start_shard=len(kept))
+    remaining = items[start:]
+    for position, (item, sample) in enumerate(
+            zip(remaining, _ordered_map(lambda i: _safe_read(i, options), remaining, options.threads)), start=start):
+        if isinstance(sample, Exception):
+            writer.skip(_fail_or_skip(options, Skipped(item.annotation.row, item.annotation.id, str(sample), "write")))
+        else:
+            writer.write(sample, position)
+        progress.update(1)
+        if options.throttle:
+            time.sleep(options.throttle)
+    return kept + writer.close(len(items))
+
+
+def convert(options: ConvertOptions) -> Dict[str, Any]:
+    """Run a whole conversion; see the module docstring and ``docs/data.md``.
+
+    Args:
+        options: the conversion settings.
+
+    Returns:
+        the manifest (also written to ``output_dir/manifest.json``).
+
+    Raises:
+        ConversionError: a problem in ``strict`` mode, an output folder holding another
+            conversion's shards, or zero samples written (the manifest is written first).
+        BadRowError: a bad annotation row in ``strict`` mode.
+    """
+    annotations, skipped = read_annotations(options.annotations, options.fields, options.fmt,
+                                            options.default_split, options.default_dataset, options.strict)
+    plan, image_skips = plan_samples(annotations, options)
+    skipped += image_skips
+    fingerprint = _fingerprint(options, plan)
+    journal, kept = prepare_output(options, fingerprint, plan)
+    entries: Dict[str, List[Dict[str, Any]]] = {}
+    kept_by_split = {split: [entry for entry in kept if entry["split"] == split] for split in plan}
+    # plan positions already covered by kept shards (written or skipped in an earlier run)
+    resumed = sum(split_kept[-1]["end"] for split_kept in kept_by_split.values() if split_kept)
+    total = sum(len(items) for items in plan.values()) - resumed
+    started = time.time()
+    with tqdm(total=total, desc="writing shards", unit="sample", disable=not options.progress) as progress:
+        for split in sorted(plan):
+            entries[split] = write_split(options, split, plan[split], journal, kept_by_split[split], progress)
+    elapsed = time.time() - started
+    for split_entries in entries.values():
+        for entry in split_entries:
+            skipped += [Skipped(**s) for s in entry["skipped"]]
+    skipped.sort(key=lambda s: (s.row is None, s.row or 0))
+    manifest = build_manifest(options, plan, entries, skipped, fingerprint, resumed_shards=len(kept),
+                              write_seconds=elapsed, written_this_run=total)
+    write_sizes(options.output_dir, {entry["name"]: entry["samples"] for es in entries.values() for entry in es},
+                prefix=options.prefix)
+    write_json_atomic(os.path.join(options.output_dir, MANIFEST_NAME), manifest)
+    if manifest["total_samples"] == 0:
+        raise ConversionError(f"no samples written ({len(skipped)} skipped; see {options.output_dir}/{MANIFEST_NAME})")
+    return manifest

@@ -1,0 +1,116 @@
+"""Locate, inspect and read the image files named by annotations (local paths or fsspec URLs)."""
+import io
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import Optional
+
+import fsspec
+import numpy as np
+from PIL import Image
+
+# PIL format name -> the extension stored in the shard (what webdataset/OpenCLIP tools look for).
+STANDARD_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "TIFF": "tif", "WEBP": "webp", "BMP": "bmp", "PPM": "ppm"}
+
+
+class ImageFileError(ValueError):
+    """The image file is missing, empty, unreadable or not a decodable image."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header of an image file says."""
+
+    ext: str  # standard extension for the shard member
+    mode: str  # PIL mode, e.g. L, I;16, RGB
+    width: int
+    height: int
+    nbytes: int
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_path(path: str, image_root: Optional[str]) -> str:
+    """Join a relative annotation path to ``image_root``; absolute paths and URLs are kept."""
+    if _is_url(path) or os.path.isabs(path) or not image_root:
+        return path
+    if _is_url(image_root):
+        return posixpath.join(image_root.rstrip("/"), path)
+    return os.path.join(image_root, path)
+
+
+def _open(path: str):
+    if _is_url(path) and not path.startswith("file://"):
+        return fsspec.open(path, "rb").open()
+    return open(path[len("file://"):] if path.startswith("file://") else path, "rb")
+
+
+def read_bytes(path: str) -> bytes:
+    """Read a whole image file.
+
+    Raises:
+        ImageFileError: missing or unreadable file, or zero bytes.
+    """
+    try:
+        with _open(path) as handle:
+            data = handle.read()
+    except FileNotFoundError as exc:
+        raise ImageFileError(f"missing image file {path}") from exc
+    except OSError as exc:
+        raise ImageFileError(f"unreadable image file {path}: {exc}") from exc
+    if not data:
+        raise ImageFileError(f"zero-size image file {path}")
+    return data
+
+
+def _describe(image: Image.Image, path: str, nbytes: int) -> ImageInfo:
+    ext = STANDARD_EXTENSIONS.get(image.format or "")
+    if ext is None:
+        raise ImageFileError(f"unsupported image format {image.format!r} in {path}")
+    return ImageInfo(ext=ext, mode=image.mode, width=image.width, height=image.height, nbytes=nbytes)
+
+
+def inspect_image(path: str, full_decode: bool = False) -> ImageInfo:
+    """Check that ``path`` is a non-empty image, reading only its header unless ``full_decode``.
+
+    Raises:
+        ImageFileError: with the reason (missing, zero-size, undecodable, unsupported format).
+    """
+    try:
+        with _open(path) as handle:
+            handle.seek(0, os.SEEK_END)
+            nbytes = handle.tell()
+            if nbytes == 0:
+                raise ImageFileError(f"zero-size image file {path}")
+            handle.seek(0)
+            try:
+                with Image.open(handle) as image:
+                    if full_decode:
+                        image.load()
+                    return _describe(image, path, nbytes)
+            except ImageFileError:
+                raise
+            except Exception as exc:  # PIL raises many types for corrupt data
+                raise ImageFileError(f"undecodable image {path}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise ImageFileError(f"missing image file {path}") from exc
+    except OSError as exc:
+        raise ImageFileError(f"unreadable image file {path}: {exc}") from exc
+
+
+def reencode_png(data: bytes) -> bytes:
+    """Re-encode image bytes as lossless PNG, keeping 16-bit grey as 16-bit."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.mode in ("I", "F", "I;16B", "I;16L", "I;16N"):
+            values = np.asarray(image)
+            if values.min() < 0 or values.max() > 65535:
+                raise ImageFileError(f"values {values.min()}..{values.max()} do not fit a 16-bit PNG")
+            image = Image.fromarray(values.astype(np.uint16))
+        elif image.mode not in ("1", "L", "LA", "I;16", "RGB", "RGBA", "P"):
+            image = image.convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
