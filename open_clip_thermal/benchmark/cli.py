@@ -1,0 +1,190 @@
+"""``python -m open_clip_thermal.benchmark``: every table of the paper from one command."""
+import argparse
+import gc
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .cache import EmbeddingCache, cache_key
+from .encode import encode_test_set
+from .errors import BenchmarkError
+from .evaluate import evaluate
+from .report import write_report
+from .retrieval import DEFAULT_RECALL_KS, cap_ks
+from .shards import CAPTION_FIELDS, data_fingerprint, expand_urls, read_sample_index
+from .variants import VariantSpec, build_model, needed_embeddings, parse_variant, rows_for, zeroshot_spec
+
+_EPILOG = """\
+variant syntax: KIND[/TAG]=MODEL[:WEIGHTS[,WEIGHTS...]]
+  KIND     lora-global | lora-fg | lora-mixed | tclip-global | tclip-fg | tclip-dual |
+           tclip (= the three tclip rows) | clip-adapter | full | declip
+  MODEL    name for open_clip_thermal.create_model (tclip-global, tclip-dual, ViT-B-16, ...)
+  WEIGHTS  one seed: adapter folder or checkpoint, 'none' for random init, or for tclip kinds
+           GLOBAL_DIR+FG_DIR (two single-branch adapter folders). Several seeds -> mean +- std.
+examples:
+  --variant lora-global=tclip-global:runs/g_s0,runs/g_s1,runs/g_s2
+  --variant tclip=tclip-dual:runs/g_s0+runs/f_s0,runs/g_s1+runs/f_s1
+  --variant full=ViT-B-16:runs/full/epoch_10.pt
+definitions (ties, repeated captions, which caption is the query): docs/benchmark.md
+"""
+
+
+def _ks(text: str) -> List[int]:
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--recall-k expects comma-separated integers, got {text!r}") from None
+
+
+def parse_lambdas(text: str) -> List[float]:
+    """``START:STOP:STEP`` (inclusive) or a comma list; every value must lie in [0, 1]."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            values = np.arange(start, stop + step / 2, step)
+        else:
+            values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lambdas expects START:STOP:STEP or a comma list, got {text!r}") from None
+    values = [round(float(v), 6) for v in values]
+    if any(not 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"--lambdas values must lie in [0, 1], got {values}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m open_clip_thermal.benchmark",
+        description="Thermal image-text retrieval benchmark: Recall@K tables (mean +- std over seeds), "
+                    "'vs. Global LoRA' gains, lambda sweep, fusion modes, thermal perception gap "
+                    "statistics and feature geometry. Writes results.json, results.md and PNG plots.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="test shards: brace pattern (test-{000000..000003}.tar), '::'-separated list or several paths")
+    parser.add_argument("--variant", "--variants", dest="variants", action="append", default=[], metavar="SPEC",
+                        help="a model to evaluate, repeatable; syntax below")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for results.json, results.md and plots")
+    parser.add_argument("--base-model", default="ViT-B-16", help="OpenCLIP name of the zero-shot base (default: ViT-B-16)")
+    parser.add_argument("--base-pretrained", default="openai",
+                        help="weights of the zero-shot base: OpenCLIP tag or checkpoint, 'none' = random (default: openai)")
+    parser.add_argument("--no-zeroshot", action="store_true", help="skip the zero-shot base rows (default: include them)")
+    parser.add_argument("--recall-k", type=_ks, default=list(DEFAULT_RECALL_KS),
+                        help="comma-separated K values; K above the test-set size is capped with a warning "
+                             "(default: 1,5,10,25,50,100)")
+    parser.add_argument("--lam", type=float, default=0.7,
+                        help="weight of the global branch in fused rows of the main table (default: 0.7)")
+    parser.add_argument("--lambdas", type=parse_lambdas, default=parse_lambdas("0:1:0.1"),
+                        help="lambda sweep for tclip-dual rows, START:STOP:STEP inclusive or a comma list (default: 0:1:0.1)")
+    parser.add_argument("--caption-match", choices=("caption", "pair"), default="caption",
+                        help="what counts as a hit: 'caption' = any item whose query caption text is identical to "
+                             "the true pair's, 'pair' = only the paired item (default: caption)")
+    parser.add_argument("--group-field", default="time_of_day",
+                        help="metadata field (from the shards' .json) grouping images for the geometry analysis; "
+                             "'' disables it (default: time_of_day)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="false discovery rate of the gap tests (default: 0.05)")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: 64)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device for encoding and retrieval (default: cuda if available, else cpu)")
+    parser.add_argument("--memory-budget-mb", type=float, default=256.0,
+                        help="working memory of one similarity chunk; lower it for huge test sets (default: 256)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="embedding cache folder (default: OUT/embedding_cache)")
+    parser.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only (default: cache on disk)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots (default: write them; needs matplotlib)")
+    return parser
+
+
+def _check_captions(rows, index) -> None:
+    for row in rows:
+        for caption_type in dict.fromkeys(row.captions):
+            missing = index.missing_captions(caption_type)
+            if missing:
+                raise BenchmarkError(f"variant {row.variant} needs {caption_type} captions, but {missing} of "
+                                     f"{len(index)} samples in the shards lack '.{CAPTION_FIELDS[caption_type]}'")
+
+
+def _encode_all(specs: Sequence[VariantSpec], args, urls, index, data_id, cache) -> Dict[str, List[dict]]:
+    """One embedding dict per seed of every variant; models sharing weights reuse embeddings."""
+    shared: Dict[tuple, dict] = {}  # (model, seed) -> embeddings computed so far
+    embeddings: Dict[str, List[dict]] = {}
+    for spec in specs:
+        needs = {need for row in rows_for(spec) for need in needed_embeddings(row)}
+        embeddings[spec.name] = []
+        for number, seed in enumerate(spec.seeds):
+            source = (spec.kind == "zeroshot", spec.model, seed)
+            have = shared.setdefault(source, {})
+            if not needs <= set(have):
+                model = build_model(spec, seed)
+                label = f"{spec.name}#{number}" if len(spec.seeds) > 1 else spec.name
+                have.update(encode_test_set(model, spec.model, label, needs | set(have), urls, index, data_id, cache,
+                                            batch_size=args.batch_size, device=args.device))
+                del model
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            embeddings[spec.name].append({n: have[n] for n in needs})
+    return embeddings
+
+
+def run(args: argparse.Namespace) -> Dict:
+    """Run the benchmark for parsed ``args``; returns the results written to ``args.out``."""
+    specs: List[VariantSpec] = []
+    if not args.no_zeroshot:
+        specs.append(zeroshot_spec(args.base_model, None if args.base_pretrained.lower() == "none" else args.base_pretrained))
+    for text in args.variants:
+        specs.extend(parse_variant(text))
+    if not specs:
+        raise BenchmarkError("nothing to evaluate: give --variant specs or drop --no-zeroshot")
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise BenchmarkError(f"variant names {duplicates} repeat; give repeated kinds a tag, e.g. lora-global/r16=...")
+    if not 0 <= args.lam <= 1:
+        raise BenchmarkError(f"--lam must lie in [0, 1], got {args.lam}")
+    urls = expand_urls(args.data)
+    index = read_sample_index(urls)
+    rows = [row for spec in specs for row in rows_for(spec)]
+    _check_captions(rows, index)
+    ks = cap_ks(args.recall_k, len(index), what="test set")
+    cache = EmbeddingCache(None if args.no_cache else (args.cache_dir or args.out / "embedding_cache"))
+    data_id = cache_key(shards=data_fingerprint(urls), keys=index.keys)
+    embeddings = _encode_all(specs, args, urls, index, data_id, cache)
+    group_labels = None
+    if args.group_field:
+        group_labels = [meta.get(args.group_field) for meta in index.metas]
+        if all(label is None for label in group_labels):
+            warnings.warn(f"no sample has metadata field {args.group_field!r}; skipping the geometry analysis")
+            group_labels = None
+    captions = None if args.caption_match == "pair" else index.captions
+    results = evaluate(rows, embeddings, captions, ks, args.lam, args.lambdas, group_labels,
+                       alpha=args.alpha, memory_budget_mb=args.memory_budget_mb, device=args.device)
+    results["config"] = {"shards": urls, "n_samples": len(index), "ks": ks, "lam": args.lam, "lambdas": args.lambdas,
+                         "caption_match": args.caption_match, "group_field": args.group_field or None,
+                         "base_model": args.base_model, "base_pretrained": args.base_pretrained,
+                         "variants": [{"name": s.name, "kind": s.kind, "model": s.model, "seeds": [list(x) for x in s.seeds]}
+                                      for s in specs],
+                         "clip_benchmark_key_meaning": {"image_retrieval_recall@k": "text->image",
+                                                        "text_retrieval_recall@k": "image->text"}}
+    write_report(results, args.out, plots=not args.no_plots)
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit status (2 for bad input, with a one-line message)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        results = run(args)
+    except BenchmarkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out / 'results.json'} and {args.out / 'results.md'} "
+          f"({len(results['rows'])} rows, {results['config']['n_samples']} pairs)")
+    return 0

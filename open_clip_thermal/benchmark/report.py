@@ -1,0 +1,145 @@
+"""Write results.json, results.md (laid out like the paper's tables) and PNG plots."""
+import json
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+from .evaluate import DIRECTIONS
+
+_ARROWS = {"image_to_text": "I→T", "text_to_image": "T→I"}
+
+
+def _pct(cell: Mapping) -> str:
+    text = f"{100 * cell['mean']:.2f}"
+    return text + (f" ± {100 * cell['std']:.2f}" if cell.get("std") is not None else "")
+
+
+def _recall_header(ks: List[int]) -> List[str]:
+    return ["Method"] + [f"{_ARROWS[d]} R@{k}" for d in DIRECTIONS for k in ks]
+
+
+def _table(header: List[str], rows: List[List[str]]) -> List[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def _gain_cell(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:+.1f}%"
+
+
+def render_markdown(results: Mapping) -> str:
+    """The results as Markdown tables (recall in %, mean ± std over seeds)."""
+    ks = results["config"]["ks"]
+    rows = results["rows"]
+    out = ["# Thermal retrieval benchmark", "",
+           f"{results['config']['n_samples']} test pairs from {len(results['config']['shards'])} shard(s); "
+           f"fused rows use λ = {results['config']['lam']} ({'feature'} fusion). "
+           "I→T: image query, caption gallery; T→I: caption query, image gallery. Recall in %, "
+           "mean ± std over seeds (no ± for a single run).", "", "## Recall@K", ""]
+    body = [[r["label"] + (f" (n={r['n_seeds']})" if r["n_seeds"] > 1 else "")]
+            + [_pct(r["recall"][d][k]) for d in DIRECTIONS for k in map(str, ks)] for r in rows]
+    gains = results["vs_global_lora"]
+    if gains:
+        target = next((r for r in reversed(rows) if r["kind"] == "tclip-dual"), rows[-1])
+        g = gains["gains"][target["label"]]
+        body.append([f"vs. Global LoRA ({target['label']})"] + [_gain_cell(g[d][k]) for d in DIRECTIONS for k in map(str, ks)])
+    out += _table(_recall_header(ks), body)
+    if results["fusion_modes"]:
+        out += ["", "## Fusion modes (dual branches, same λ)", ""]
+        body = []
+        for entry in results["fusion_modes"]:
+            for mode, cell in entry["modes"].items():
+                body.append([f"{entry['label']} [{mode}]"] + [_pct(cell["recall"][d][k]) for d in DIRECTIONS for k in map(str, ks)])
+        out += _table(_recall_header(ks), body)
+    for label, sweep in results["lambda_sweep"].items():
+        out += ["", f"## λ sweep: {label}", "",
+                "Mean recall over both directions and all K, in %. Best λ: "
+                + ", ".join(f"{m} {sweep[m]['best_lambda']:g}" for m in ("feature", "score")), ""]
+        body = [[f"{lam:g}", f"{100 * sweep['feature']['mean_recall'][i]:.2f}", f"{100 * sweep['score']['mean_recall'][i]:.2f}"]
+                for i, lam in enumerate(sweep["lambdas"])]
+        out += _table(["λ", "feature", "score"], body)
+    gap = results["thermal_gap"]
+    out += ["", "## Thermal perception gap (matched-pair image–text cosine)", ""]
+    out += _table(["Method", "mean cosine", "std", "n"],
+                  [[label, f"{c['mean']:.4f}", f"{c['std']:.4f}" if c["std"] is not None else "", str(c["n"])]
+                   for label, c in gap["per_row"].items()])
+    if gap["tests"]:
+        out += ["", f"Welch's t-test between every pair, Benjamini–Hochberg adjusted (FDR {gap['alpha']}).", ""]
+        out += _table(["A", "B", "mean A", "mean B", "t", "p", "p (BH)", "significant"],
+                      [[t["model_a"], t["model_b"], f"{t['mean_a']:.4f}", f"{t['mean_b']:.4f}", f"{t['t']:.3f}",
+                        f"{t['p']:.3g}", f"{t['p_bh']:.3g}", "yes" if t["significant"] else "no"] for t in gap["tests"]])
+    if results["geometry"]:
+        field = results["config"]["group_field"]
+        out += ["", f"## Feature geometry (image features, groups = `{field}`)", ""]
+        body = []
+        for variant, geo in results["geometry"].items():
+            for branch, groups in geo["branches"].items():
+                cells = ", ".join(f"{g}: {v['mean_cosine']:.4f} (n={v['count']})" if v["mean_cosine"] is not None
+                                  else f"{g}: n/a (n=1)" for g, v in groups.items())
+                angle = geo.get("branch_angle_deg")
+                body.append([variant, branch, cells, f"{angle['mean']:.2f}°" if angle else ""])
+        out += _table(["Variant", "Branch", "mean intra-group cosine", "angle G↔F"], body)
+    out += ["", "CLIP_benchmark keys in results.json: `image_retrieval_recall@k` = text→image, "
+            "`text_retrieval_recall@k` = image→text.", ""]
+    return "\n".join(out)
+
+
+def plot_lambda_sweep(sweep: Mapping, label: str, path: Path) -> Path:
+    """Mean recall against λ for both fusion modes, best λ marked."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only; no display on GPU nodes
+    import matplotlib.pyplot as plt
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for mode, style in (("feature", "o-"), ("score", "s--")):
+        values = [100 * v for v in sweep[mode]["mean_recall"]]
+        axis.plot(sweep["lambdas"], values, style, label=f"{mode} (best λ={sweep[mode]['best_lambda']:g})")
+    axis.set_xlabel("λ (weight of the global branch)")
+    axis.set_ylabel("mean Recall@K (%)")
+    axis.set_title(label)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_thermal_gap(gap: Mapping, path: Path) -> Path:
+    """Bar chart of the mean matched-pair cosine per row."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = list(gap["per_row"])
+    figure, axis = plt.subplots(figsize=(max(4, 0.8 * len(labels) + 1), 3.5))
+    axis.bar(range(len(labels)), [gap["per_row"][l]["mean"] for l in labels],
+             yerr=[gap["per_row"][l]["std"] or 0 for l in labels], capsize=3)
+    axis.set_xticks(range(len(labels)))
+    axis.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    axis.set_ylabel("matched-pair cosine")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _plot_name(label: str) -> str:
+    return "lambda_sweep_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in label) + ".png"
+
+
+def write_report(results: Dict, out_dir: Path, plots: bool = True) -> Dict[str, Path]:
+    """Write results.json, results.md and (with ``plots``) the PNGs; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    if plots:
+        results["plots"] = {}
+        for label, sweep in results["lambda_sweep"].items():
+            written[label] = plot_lambda_sweep(sweep, label, out_dir / _plot_name(label))
+            results["plots"][f"lambda_sweep:{label}"] = written[label].name
+        if results["thermal_gap"]["per_row"]:
+            written["thermal_gap"] = plot_thermal_gap(results["thermal_gap"], out_dir / "thermal_gap.png")
+            results["plots"]["thermal_gap"] = written["thermal_gap"].name
+    written["json"] = out_dir / "results.json"
+    written["json"].write_text(json.dumps(results, indent=2))
+    written["md"] = out_dir / "results.md"
+    written["md"].write_text(render_markdown(json.loads(written["json"].read_text())))
+    return written

@@ -1,0 +1,132 @@
+"""Read benchmark shards (layout in docs/contracts.md) in their fixed on-disk order.
+
+The benchmark needs the raw caption strings (repeated captions share a hit group), the sample keys
+(to check that every model saw the same samples) and the metadata (geometry groups), so it reads
+the tars itself instead of going through the training loader's tokenised batches.
+"""
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import braceexpand
+import torch
+import webdataset as wds
+from PIL import Image
+
+from ..data.decode import decode_thermal_pil
+from .errors import BenchmarkError
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff")
+GLOBAL, FINE_GRAINED = "global", "fine_grained"
+CAPTION_FIELDS = {GLOBAL: "txt", FINE_GRAINED: "fg.txt"}
+
+
+@dataclass
+class SampleIndex:
+    """Everything about the test set except the pixels, in shard order."""
+    keys: List[str] = field(default_factory=list)
+    captions: Dict[str, List[Optional[str]]] = field(default_factory=lambda: {GLOBAL: [], FINE_GRAINED: []})
+    metas: List[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def missing_captions(self, caption_type: str) -> int:
+        """Number of samples without a caption of ``caption_type``."""
+        return sum(c is None for c in self.captions[caption_type])
+
+
+def expand_urls(spec: Union[str, Sequence[str]]) -> List[str]:
+    """Shard list from a brace pattern, a ``::``-separated list (OpenCLIP style) or a list of those.
+
+    Local paths are checked for existence so a typo fails here, naming the file.
+    """
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    urls: List[str] = []
+    for part in parts:
+        for piece in str(part).split("::"):
+            if piece.strip():
+                urls.extend(braceexpand.braceexpand(piece.strip()))
+    if not urls:
+        raise BenchmarkError(f"no shards in --data {spec!r}: the shard list is empty")
+    missing = [u for u in urls if "://" not in u and not os.path.isfile(u)]
+    if missing:
+        raise BenchmarkError(f"{len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]!r}")
+    return urls
+
+
+def _iter_raw_samples(urls: Sequence[str]) -> Iterator[dict]:
+    for url in urls:
+        pipeline = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
+        try:
+            yield from pipeline
+        except Exception as error:  # tarfile/IO errors surface from deep inside webdataset
+            raise BenchmarkError(f"cannot read shard {url!r}: {type(error).__name__}: {error}") from None
+
+
+def _text(sample: dict, name: str) -> Optional[str]:
+    value = sample.get(name)
+    return value.decode("utf-8").strip() if value is not None else None
+
+
+def _image_field(sample: dict) -> Optional[str]:
+    return next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+
+
+def read_sample_index(urls: Sequence[str]) -> SampleIndex:
+    """Keys, captions and metadata of every sample, without decoding images.
+
+    Raises:
+        BenchmarkError: a shard cannot be read, holds no samples, or a sample has no thermal image.
+    """
+    index = SampleIndex()
+    for sample in _iter_raw_samples(urls):
+        key = sample["__key__"]
+        if _image_field(sample) is None:
+            raise BenchmarkError(f"sample {key!r} in {sample.get('__url__')} has no thermal image "
+                                 f"({'/'.join(IMAGE_EXTENSIONS)})")
+        index.keys.append(key)
+        for caption_type, name in CAPTION_FIELDS.items():
+            index.captions[caption_type].append(_text(sample, name))
+        meta = sample.get("json")
+        index.metas.append(json.loads(meta) if meta is not None else {})
+    if not index.keys:
+        raise BenchmarkError(f"the {len(urls)} shard(s) given hold no samples (first: {urls[0]!r})")
+    return index
+
+
+def _decode(sample: dict) -> Image.Image:
+    # Same decoding as training (16-bit frames stretched by percentiles), so scores are comparable.
+    ext = _image_field(sample)
+    try:
+        return decode_thermal_pil(sample[ext], ext)
+    except Exception as error:
+        raise BenchmarkError(f"sample {sample['__key__']!r} in {sample.get('__url__')}: cannot decode its "
+                             f".{ext} image: {error}") from None
+
+
+def iter_image_batches(urls: Sequence[str], preprocess: Callable, batch_size: int) -> Iterator[Tuple[List[str], torch.Tensor]]:
+    """(keys, preprocessed image batch) in shard order."""
+    keys: List[str] = []
+    images: List[torch.Tensor] = []
+    for sample in _iter_raw_samples(urls):
+        keys.append(sample["__key__"])
+        images.append(preprocess(_decode(sample)))
+        if len(keys) == batch_size:
+            yield keys, torch.stack(images)
+            keys, images = [], []
+    if keys:
+        yield keys, torch.stack(images)
+
+
+def data_fingerprint(urls: Sequence[str]) -> List[Tuple[str, int, int]]:
+    """(url, size, mtime_ns) per shard; a rewritten shard changes its size or mtime."""
+    parts = []
+    for url in urls:
+        if "://" in url:
+            parts.append((url, -1, -1))  # remote: identified by URL only
+        else:
+            stat = os.stat(url)
+            parts.append((os.path.abspath(url), stat.st_size, stat.st_mtime_ns))
+    return parts

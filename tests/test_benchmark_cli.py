@@ -1,0 +1,160 @@
+"""End to end: tiny shards written per docs/contracts.md, tiny random T-CLIP adapters, the CLI."""
+import importlib.util
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from open_clip_thermal.benchmark import main
+from open_clip_thermal.benchmark.variants import parse_variant
+
+HAVE_MODEL = importlib.util.find_spec("open_clip_thermal.adapters") is not None
+needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="open_clip_thermal model/adapters module not available")
+
+N_SAMPLES = 12
+
+
+def write_shards(folder, with_fg=True, count=N_SAMPLES):
+    """Two shards of 64x64 8-bit thermal PNGs; captions repeat for samples 10 and 11."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with wds.ShardWriter(str(folder / "test-test-%06d.tar"), maxcount=count // 2 + 1, verbose=0) as sink:
+        for i in range(count):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(buffer, format="PNG")
+            caption = "infrared thermal image of a hot car" if i >= 10 else f"infrared thermal image of scene {i}"
+            sample = {"__key__": f"s{i:04d}", "png": buffer.getvalue(), "txt": caption,
+                      "json": json.dumps({"id": f"s{i}", "split": "test", "time_of_day": "day" if i % 2 else "night"})}
+            if with_fg:
+                sample["fg.txt"] = caption + f", with a warm engine block number {i % 5}"
+            sink.write(sample)
+    return sorted(str(p) for p in folder.glob("*.tar"))
+
+
+def make_adapter(name, folder, seed):
+    """A tiny T-CLIP on a (seeded) random base with random, non-zero LoRA weights, saved as adapters."""
+    import open_clip_thermal
+    from open_clip_thermal.adapters import save_adapters
+    torch.manual_seed(0)  # the same random base the benchmark builds for a 'none' base
+    model = open_clip_thermal.create_model(name, pretrained=None)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if "lora_" in param_name:
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+    save_adapters(model, folder)
+    return str(folder)
+
+
+def test_variant_parsing():
+    specs = parse_variant("tclip/r8=tclip-dual:g0+f0,g1+f1")
+    assert [s.name for s in specs] == ["tclip-global/r8", "tclip-fg/r8", "tclip-dual/r8"]
+    assert specs[2].seeds == (("g0", "f0"), ("g1", "f1"))
+    (full,) = parse_variant("full=ViT-B-16:none")
+    assert full.seeds == ((None,),) and full.model == "ViT-B-16"
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("lora-global", "expected KIND"),
+    ("lora-globl=tclip-global:x", "unknown kind 'lora-globl'"),
+    ("lora-global=tclip-global:a+b", "only apply to tclip"),
+    ("lora-global=:x", "no model name"),
+])
+def test_bad_variant_specs(spec, message, tmp_path, capsys):
+    urls = write_shards(tmp_path / "shards", count=4)
+    assert main(["--data", *urls, "--out", str(tmp_path / "out"), "--no-zeroshot", "--variant", spec]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_shards_give_clear_errors(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    zeroshot = ["--base-model", "thermal-vit-tiny", "--base-pretrained", "none"]
+    assert main(["--data", str(tmp_path / "missing-{000000..000001}.tar"), "--out", out, *zeroshot]) == 2
+    assert "2 of 2 shards do not exist" in capsys.readouterr().err
+    assert main(["--data", "::", "--out", out, *zeroshot]) == 2
+    assert "shard list is empty" in capsys.readouterr().err
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"this is not a tar file" * 50)
+    assert main(["--data", str(broken), "--out", out, *zeroshot]) == 2
+    assert "cannot read shard" in capsys.readouterr().err
+    no_fg = write_shards(tmp_path / "no_fg", with_fg=False, count=4)
+    assert main(["--data", *no_fg, "--out", out, *zeroshot]) == 2
+    err = capsys.readouterr().err
+    assert "needs fine_grained captions" in err and "4 of 4 samples" in err
+
+
+def test_zeroshot_end_to_end_with_cache(tmp_path):
+    urls = write_shards(tmp_path / "shards")
+    out = tmp_path / "out"
+    argv = ["--data", *urls, "--out", str(out), "--base-model", "thermal-vit-tiny", "--base-pretrained", "none",
+            "--batch-size", "5", "--no-plots"]
+    with pytest.warns(UserWarning, match="capping K to 12"):
+        assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["ks"] == [1, 5, 10, 12]
+    assert [r["label"] for r in results["rows"]] == ["zeroshot (global)", "zeroshot (fine-grained)"]
+    for row in results["rows"]:
+        assert row["recall"]["image_to_text"]["12"]["mean"] == 1.0
+        assert row["clip_benchmark"]["image_retrieval_recall@1"] == row["recall"]["text_to_image"]["1"]["mean"]
+        assert row["clip_benchmark"]["text_retrieval_recall@5"] == row["recall"]["image_to_text"]["5"]["mean"]
+    assert set(results["geometry"]["zeroshot"]["branches"]["model"]) == {"day", "night"}
+    cached = sorted(p.name for p in (out / "embedding_cache").glob("*.npy"))
+    assert len(cached) == 3  # image, global text, fine-grained text
+    # A second run reads the cache: same files, same numbers.
+    with pytest.warns(UserWarning):
+        assert main(argv) == 0
+    assert sorted(p.name for p in (out / "embedding_cache").glob("*.npy")) == cached
+    assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
+    assert "| zeroshot (global) |" in (out / "results.md").read_text()
+
+
+@needs_model
+def test_adapter_for_another_base_is_refused(tmp_path, capsys):
+    urls = write_shards(tmp_path / "shards", count=4)
+    adapter = make_adapter("tclip-tiny-global", tmp_path / "g0", seed=1)
+    code = main(["--data", *urls, "--out", str(tmp_path / "out"), "--no-zeroshot",
+                 "--variant", f"lora-global=tclip-global:{adapter}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "variant lora-global: cannot load model 'tclip-global'" in err and "thermal-vit-tiny" in err
+
+
+@needs_model
+def test_tclip_variants_end_to_end(tmp_path):
+    urls = write_shards(tmp_path / "shards")
+    g = [make_adapter("tclip-tiny-global", tmp_path / f"g{s}", seed=s) for s in (1, 2)]
+    f = [make_adapter("tclip-tiny-fg", tmp_path / f"f{s}", seed=10 + s) for s in (1, 2)]
+    dual = make_adapter("tclip-tiny-dual", tmp_path / "dual", seed=7)
+    out = tmp_path / "out"
+    argv = ["--data", *urls, "--out", str(out), "--base-model", "thermal-vit-tiny", "--base-pretrained", "none",
+            "--recall-k", "1,5", "--lambdas", "0:1:0.25", "--batch-size", "6",
+            "--variant", f"lora-global=tclip-tiny-global:{g[0]},{g[1]}",
+            "--variant", f"lora-fg=tclip-tiny-fg:{f[0]},{f[1]}",
+            "--variant", f"tclip=tclip-tiny-dual:{g[0]}+{f[0]},{g[1]}+{f[1]}",
+            "--variant", f"tclip-dual/folder=tclip-tiny-dual:{dual}"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    labels = [r["label"] for r in results["rows"]]
+    assert labels == ["zeroshot (global)", "zeroshot (fine-grained)", "lora-global", "lora-fg",
+                      "tclip-global", "tclip-fg", "tclip-dual", "tclip-dual/folder"]
+    by_label = {r["label"]: r for r in results["rows"]}
+    assert by_label["lora-global"]["n_seeds"] == 2 and by_label["lora-global"]["recall"]["image_to_text"]["1"]["std"] is not None
+    assert by_label["zeroshot (global)"]["recall"]["image_to_text"]["1"]["std"] is None
+    assert results["vs_global_lora"]["reference"] == "lora-global"
+    assert all(v == 0.0 for d in ("image_to_text", "text_to_image")
+               for v in results["vs_global_lora"]["gains"]["lora-global"][d].values())
+    sweep = results["lambda_sweep"]["tclip-dual"]
+    assert sweep["lambdas"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert sweep["feature"]["best_lambda"] in sweep["lambdas"]
+    # lambda = 1 in feature mode is the global branch alone, lambda = 0 the fine-grained branch alone.
+    assert [m["label"] for m in results["fusion_modes"]] == ["tclip-global", "tclip-fg", "tclip-dual", "tclip-dual/folder"]
+    assert len(results["thermal_gap"]["tests"]) == 8 * 7 // 2
+    assert 0.0 <= results["geometry"]["tclip-dual"]["branch_angle_deg"]["mean"] <= 180.0
+    assert (out / "lambda_sweep_tclip-dual.png").stat().st_size > 0
+    assert (out / "thermal_gap.png").stat().st_size > 0
+    md = (out / "results.md").read_text()
+    assert "vs. Global LoRA (tclip-dual/folder)" in md and "## λ sweep: tclip-dual" in md
