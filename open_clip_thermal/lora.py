@@ -222,9 +222,11 @@ class LoRAAttention(nn.Module):
         self.out_proj = attn.out_proj
         width = self.in_proj_weight.shape[1]
         enable = [t in config.targets for t in ("q", "k", "v")]
-        self.qkv_update = LoRAUpdate(width, 3 * width, config, router, enable,
-                                     batch_dim=0 if self.batch_first else 1,
-                                     device=self.in_proj_weight.device, dtype=self.in_proj_weight.dtype)
+        self.qkv_update = None
+        if any(enable):
+            self.qkv_update = LoRAUpdate(width, 3 * width, config, router, enable,
+                                         batch_dim=0 if self.batch_first else 1,
+                                         device=self.in_proj_weight.device, dtype=self.in_proj_weight.dtype)
         if "out" in config.targets:
             self.out_proj = LoRALinear(self.out_proj, config, router, batch_dim=0 if self.batch_first else 1)
 
@@ -245,7 +247,9 @@ class LoRAAttention(nn.Module):
             raise NotImplementedError("LoRAAttention implements self-attention only")
         x = query if self.batch_first else query.transpose(0, 1)
         n, seq, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias) + self.qkv_update(x)
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        if self.qkv_update is not None:
+            qkv = qkv + self.qkv_update(x)
         q, k, v = (t.reshape(n, seq, self.num_heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
         if self.ln_q is not None:
             q, k = self.ln_q(q), self.ln_k(k)
@@ -266,8 +270,9 @@ class LoRAAttention(nn.Module):
 
     def merge(self, branch: str) -> None:
         """Fold the branch's q/k/v (and out) updates into the base weights, for export."""
-        with torch.no_grad():
-            self.in_proj_weight += self.qkv_update.delta_weight(branch).to(self.in_proj_weight.dtype)
+        if self.qkv_update is not None:
+            with torch.no_grad():
+                self.in_proj_weight += self.qkv_update.delta_weight(branch).to(self.in_proj_weight.dtype)
         if isinstance(self.out_proj, LoRALinear):
             self.out_proj.merge(branch)
 

@@ -1,0 +1,121 @@
+"""Adapter files: round trips, merged export loaded by stock OpenCLIP, clear errors."""
+import json
+import warnings
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import open_clip_thermal as oct
+from open_clip_thermal.adapters import AdapterError, CONFIG_NAME, WEIGHTS_NAME
+
+from model_helpers import TINY, images, randomise_lora, tokens
+
+
+@pytest.fixture()
+def base_ckpt(tmp_path):
+    """A tiny base CLIP checkpoint on disk, standing in for pretrained weights."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stock = open_clip.create_model(TINY)
+    path = tmp_path / "base.pt"
+    torch.save(stock.state_dict(), path)
+    return str(path)
+
+
+def _trained_dual(base_ckpt, seed=3):
+    model = open_clip.create_model("tclip-tiny-dual", pretrained=base_ckpt)
+    randomise_lora(model, seed=seed)
+    with torch.no_grad():
+        model.logit_scales["fine_grained"].fill_(3.0)
+    return model.eval()
+
+
+def test_save_load_round_trip(tmp_path, base_ckpt):
+    model = _trained_dual(base_ckpt)
+    folder = oct.save_adapters(model, tmp_path / "adapters")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        CONFIG_NAME, f"fine_grained/{WEIGHTS_NAME}", f"global/{WEIGHTS_NAME}"]
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    assert config["base_model"] == TINY and config["base_pretrained"] == base_ckpt
+    assert config["lora"]["rank"] == 8 and config["branches"] == ["global", "fine_grained"]
+    assert len(load_file(str(folder / "global" / WEIGHTS_NAME))) == 2 * 4 * 2 + 1  # (A, B) x 4 blocks x 2 towers + temperature
+
+    reloaded = open_clip.create_model("tclip-tiny-dual", pretrained=str(folder)).eval()
+    x, t = images(), tokens()
+    with torch.no_grad():
+        assert torch.equal(reloaded.encode_image(x), model.encode_image(x))
+        assert torch.equal(reloaded.encode_text_dual(t, t), model.encode_text_dual(t, t))
+    assert reloaded.logit_scales["fine_grained"].item() == 3.0
+
+
+def test_single_branch_folder_into_dual_branch(tmp_path, base_ckpt):
+    fg_model = open_clip.create_model("tclip-tiny-fg", pretrained=base_ckpt)
+    randomise_lora(fg_model, seed=11)
+    oct.save_adapters(fg_model, tmp_path / "fg")
+    dual = open_clip.create_model("tclip-tiny-dual", pretrained=base_ckpt)
+    oct.load_adapters(dual, tmp_path / "fg")
+    oct.load_adapters(dual, tmp_path / "fg", as_branch="global")  # cross-initialisation
+    x = images()
+    with torch.no_grad():
+        ref = fg_model.eval().encode_image(x)
+        assert torch.equal(dual.eval().encode_image(x, branch="fine_grained"), ref)
+        assert torch.equal(dual.encode_image(x, branch="global"), ref)
+
+
+def test_merged_export_loads_in_stock_openclip(tmp_path, base_ckpt):
+    model = _trained_dual(base_ckpt)
+    x, t = images(), tokens()
+    for branch in ("global", "fine_grained"):
+        path = oct.export_merged(model, branch, tmp_path / f"{branch}.safetensors")
+        oct.uninstall()
+        try:
+            stock = open_clip.create_model(TINY, pretrained=str(path)).eval()
+        finally:
+            oct.install()
+        assert type(stock).__name__ == "CLIP"
+        with torch.no_grad():
+            assert (stock.encode_image(x, normalize=True) - model.encode_image(x, branch=branch)).abs().max() <= 1e-5
+            assert (stock.encode_text(t, normalize=True) - model.encode_text(t, branch=branch)).abs().max() <= 1e-5
+        assert stock.logit_scale.item() == pytest.approx(model.logit_scales[branch].item())
+
+
+def test_wrong_rank_is_refused(tmp_path, base_ckpt):
+    oct.save_adapters(_trained_dual(base_ckpt), tmp_path / "r8")
+    other = open_clip.create_model("tclip-tiny-dual", pretrained=base_ckpt, lora={"rank": 4})
+    with pytest.raises(AdapterError, match="LoRA settings"):
+        oct.load_adapters(other, tmp_path / "r8")
+
+
+def test_wrong_base_is_refused(tmp_path, base_ckpt):
+    oct.save_adapters(_trained_dual(base_ckpt), tmp_path / "a")
+    with pytest.warns(UserWarning, match="random weights"):
+        random_base = open_clip.create_model("tclip-tiny-dual")
+    with pytest.raises(AdapterError, match="other base weights"):
+        oct.load_adapters(random_base, tmp_path / "a")
+    config = json.loads((tmp_path / "a" / CONFIG_NAME).read_text())
+    config["base_model"] = "ViT-B-16"
+    (tmp_path / "a" / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(AdapterError, match="ViT-B-16"):
+        open_clip.create_model("tclip-tiny-dual", pretrained=str(tmp_path / "a"))
+
+
+def test_missing_keys_and_corrupt_weights_are_named(tmp_path, base_ckpt):
+    folder = oct.save_adapters(_trained_dual(base_ckpt), tmp_path / "a")
+    weights = folder / "global" / WEIGHTS_NAME
+    tensors = load_file(str(weights))
+    dropped = sorted(tensors)[0]
+    del tensors[dropped]
+    from safetensors.torch import save_file
+    save_file(tensors, str(weights))
+    model = open_clip.create_model("tclip-tiny-dual", pretrained=base_ckpt)
+    with pytest.raises(AdapterError, match="1 missing keys"):
+        oct.load_adapters(model, folder)
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(AdapterError, match="cannot be read"):
+        oct.load_adapters(model, folder)
+    (folder / CONFIG_NAME).write_text("{")
+    with pytest.raises(AdapterError, match="not valid JSON"):
+        oct.load_adapters(model, folder)
