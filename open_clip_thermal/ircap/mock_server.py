@@ -145,24 +145,18 @@ class MockChatServer:
             kind = "unknown"
         return item, kind
 
-    def _next_fault(self, item: str, kind: str) -> Optional[str]:
+    def _next_fault(self, item: str, kind: str) -> (Optional[str], Optional[threading.Event]):
+        # Counting and the gate decision share one lock, so exactly the requests after the
+        # first ``gate_after`` are held even when several arrive at once.
         with self.lock:
             self.counts[(item, kind)] += 1
             queue = self._faults.get((item, kind))
             fault = queue.pop(0) if queue else None
             self.log.append({"item": item, "kind": kind, "fault": fault})
-            return fault
-
-    def _wait_at_gate(self) -> None:
-        if self.gate is None:
-            return
-        with self.lock:
-            n = sum(self.counts.values())
-            hold = n > self.gate_after
+            hold = self.gate is not None and sum(self.counts.values()) > self.gate_after
             if hold:
                 self.blocked += 1
-        if hold:
-            self.gate.wait(30)
+            return fault, self.gate if hold else None
 
     def _handler_class(self):
         server = self
@@ -197,8 +191,9 @@ class MockChatServer:
                     item, kind = server._classify(body)
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     return self._send(400, json.dumps({"error": str(exc)}).encode())
-                fault = server._next_fault(item, kind)
-                server._wait_at_gate()
+                fault, gate = server._next_fault(item, kind)
+                if gate is not None:
+                    gate.wait(30)
                 if server.delay:
                     time.sleep(server.delay)
                 if fault == "hang":

@@ -8,6 +8,7 @@ ends either as a caption record or as a line in the errors file with the reason.
 import base64
 import mimetypes
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -252,7 +253,15 @@ def run_captioning(pairs: Sequence[dict], captioner: Captioner, out_path: Union[
     for e in old_errors:
         errors.append(e)
 
+    counts_lock = threading.Lock()
+
     def work(pair: dict) -> str:
+        outcome = _work(pair)
+        with counts_lock:  # counted here so pairs finished after Ctrl-C are counted too
+            counts[outcome] += 1
+        return outcome
+
+    def _work(pair: dict) -> str:
         if stop.is_set():
             return "stopped"
         try:
@@ -276,7 +285,7 @@ def run_captioning(pairs: Sequence[dict], captioner: Captioner, out_path: Union[
         futures = [pool.submit(work, p) for p in pending]
         try:
             for future in as_completed(futures):
-                counts[future.result()] += 1
+                future.result()
                 bar.update(1)
                 bar.set_postfix(ok=counts["ok"], failed=counts["failed"], refresh=False)
         except KeyboardInterrupt:
@@ -284,7 +293,8 @@ def run_captioning(pairs: Sequence[dict], captioner: Captioner, out_path: Union[
             stop.set()
             for future in futures:
                 future.cancel()
-            bar.write("IR-Cap: interrupted; finishing requests in flight (Ctrl-C again to abort)")
+            tqdm.write("IR-Cap: interrupted; finishing requests in flight (Ctrl-C again to abort)",
+                       file=sys.stderr)
     finally:
         pool.shutdown(wait=True)
         bar.close()
