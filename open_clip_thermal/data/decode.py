@@ -28,7 +28,6 @@ import io
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from PIL import Image
 
 NORM_MODES = ("percentile", "minmax", "fixed")
@@ -131,8 +130,10 @@ def thermal_to_pil(frame: np.ndarray) -> Image.Image:
     return Image.fromarray(grey).convert("RGB")
 
 
-def thermal_to_tensor(frame: np.ndarray) -> torch.Tensor:
+def thermal_to_tensor(frame: np.ndarray) -> "torch.Tensor":
     """Turn a [0, 1] float frame into a float tensor of shape (3, H, W), the channel repeated."""
+    import torch  # lazily: the converter uses this module without needing torch
+
     return torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)).unsqueeze(0).repeat(3, 1, 1)
 
 
