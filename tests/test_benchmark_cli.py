@@ -153,7 +153,13 @@ def test_tclip_variants_end_to_end(tmp_path):
     # lambda = 1 in feature mode is the global branch alone, lambda = 0 the fine-grained branch alone.
     assert [m["label"] for m in results["fusion_modes"]] == ["tclip-global", "tclip-fg", "tclip-dual", "tclip-dual/folder"]
     assert len(results["thermal_gap"]["tests"]) == 8 * 7 // 2
-    assert 0.0 <= results["geometry"]["tclip-dual"]["branch_angle_deg"]["mean"] <= 180.0
+    assert list(results["geometry"]) == ["zeroshot", "lora-global", "lora-fg", "tclip-global, tclip-fg, tclip-dual",
+                                         "tclip-dual/folder"]
+    shared = results["geometry"]["tclip-global, tclip-fg, tclip-dual"]
+    assert 0.0 < shared["branch_angle_deg"]["mean"] < 180.0
+    # The dual model's global branch from folder g_s is the lora-global model of the same seed.
+    for group, cell in results["geometry"]["lora-global"]["branches"]["model"].items():
+        assert shared["branches"]["global"][group]["mean_cosine"] == pytest.approx(cell["mean_cosine"], abs=1e-6)
     assert (out / "lambda_sweep_tclip-dual.png").stat().st_size > 0
     assert (out / "thermal_gap.png").stat().st_size > 0
     md = (out / "results.md").read_text()

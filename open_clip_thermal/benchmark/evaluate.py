@@ -152,8 +152,14 @@ def evaluate(rows: Sequence[Row], embeddings: Mapping[str, Sequence[Embeddings]]
            "tests": pairwise_welch_tests(cosines, alpha=alpha) if len(cosines) > 1 else [], "alpha": alpha}
     geometry = {}
     if group_labels is not None:
+        # Variants built from the same weights (tclip-global/-fg/-dual of one run) share image
+        # embeddings; report their geometry once, under all their names.
+        sources: Dict[tuple, List[str]] = {}
         for variant in dict.fromkeys(r.variant for r in rows):
-            variant_rows = [r for r in rows if r.variant == variant]
-            geometry[variant] = _geometry(variant_rows, embeddings[variant], group_labels)
+            images = tuple(id(t) for emb in embeddings[variant] for (b, what), t in sorted(emb.items(), key=str) if what == "image")
+            sources.setdefault(images, []).append(variant)
+        for variants in sources.values():
+            variant_rows = [r for r in rows if r.variant == variants[0]]
+            geometry[", ".join(variants)] = _geometry(variant_rows, embeddings[variants[0]], group_labels)
     return {"rows": table, "vs_global_lora": relative_gains(table), "fusion_modes": fusion_modes,
             "lambda_sweep": sweeps, "thermal_gap": gap, "geometry": geometry}
