@@ -259,6 +259,39 @@ def test_dry_run_prints_first_request_and_sends_nothing(tmp_path, server, capsys
     assert sum(server.counts.values()) == 0 and not out.exists()
 
 
+def test_limit_defers_pairs_and_keeps_their_old_errors(tmp_path, server):
+    make_pairs(tmp_path, 4, server)
+    server.add_faults("s03", "global", ["400"])
+    out = tmp_path / "captions.jsonl"
+    errors = tmp_path / "captions.errors.jsonl"
+    assert main(caption_args(tmp_path, server, out)) == 1
+    assert [e["id"] for e in read_lines(errors)] == ["s03"]
+    # A run that tries nothing keeps the old failure listed: it is still neither done nor retried.
+    assert main(caption_args(tmp_path, server, out, "--limit", "0")) == 0
+    assert [e["id"] for e in read_lines(errors)] == ["s03"]
+    server.reset_counts()
+    assert main(caption_args(tmp_path, server, out, "--limit", "1")) == 0
+    assert server.item_counts() == {"s03": 2} and read_lines(errors) == []
+    assert sorted(r["id"] for r in read_lines(out)) == ["s00", "s01", "s02", "s03"]
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, server, capsys):
+    make_pairs(tmp_path, 1, server)
+    (tmp_path / "pairs.jsonl").write_text('{"id": "a", "image": "t.png"}\n')
+    assert main(caption_args(tmp_path, server, tmp_path / "c.jsonl")) == 2
+    assert "lacks ['rgb']" in capsys.readouterr().err
+    make_pairs(tmp_path, 1, server)
+    assert main(caption_args(tmp_path, server, tmp_path / "c.jsonl", "--extra-body", "{seed")) == 2
+    assert "--extra-body is not valid JSON" in capsys.readouterr().err
+    assert sum(server.counts.values()) == 0
+
+
+def test_quoted_answers_are_unwrapped():
+    from open_clip_thermal.ircap.captioner import clean_caption
+    assert clean_caption('  "infrared thermal road"\n') == "infrared thermal road"
+    assert clean_caption("infrared thermal 'warm' engine") == "infrared thermal 'warm' engine"
+
+
 def test_partial_last_line_is_repaired_before_appending(tmp_path):
     path = tmp_path / "captions.jsonl"
     path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "global_cap')

@@ -5,7 +5,8 @@
 """
 from .cli import main
 from .client import CaptionRequestError, ChatCompletionsClient, RetryPolicy
-from .pipeline import Captioner, RunSummary, run_captioning
+from .captioner import Captioner
+from .pipeline import RunSummary, run_captioning
 from .prompts import PromptSet, load_prompt_set
 from .quality import CoverageLexicon, RGBHallucinationLint
 from .records import read_pairs

@@ -115,9 +115,12 @@ def _caption(args) -> int:
 
     pairs = read_pairs(args.pairs)
     prompts = load_prompt_set(args.prompts)
-    extra = json.loads(args.extra_body) if args.extra_body else None
+    try:
+        extra = json.loads(args.extra_body) if args.extra_body else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--extra-body is not valid JSON ({exc}): {args.extra_body!r}") from None
     if extra is not None and not isinstance(extra, dict):
-        raise SystemExit(f"--extra-body must be a JSON object, got {args.extra_body!r}")
+        raise ValueError(f"--extra-body must be a JSON object, got {args.extra_body!r}")
     api_key = os.environ.get(args.api_key_env) or None
     retry = RetryPolicy(max_attempts=args.max_attempts, base_delay=args.backoff,
                         max_delay=args.backoff_max, max_retry_after=args.max_retry_after)
@@ -130,7 +133,7 @@ def _caption(args) -> int:
                           max_fix_rounds=args.max_fix_rounds)
     try:
         if args.dry_run:
-            pending, done = pending_pairs(pairs, args.out, args.limit)
+            pending, _, done = pending_pairs(pairs, args.out, args.limit)
             print(f"POST {client.endpoint}")
             print(f"Authorization: {'Bearer ***' if api_key else '(none; $' + args.api_key_env + ' unset)'}")
             print(f"prompts: {json.dumps(prompts.versions())}")
@@ -179,9 +182,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         argv: arguments without the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        Exit status: 0 success; 1 some pairs failed (see the errors file); 130 interrupted.
+        Exit status: 0 success; 1 some pairs failed (see the errors file); 2 bad input or
+        flags; 130 interrupted.
     """
     args = build_parser().parse_args(argv)
-    if args.command == "caption":
-        return _caption(args)
-    return _report(args)
+    try:
+        if args.command == "caption":
+            return _caption(args)
+        return _report(args)
+    except (ValueError, FileNotFoundError) as exc:
+        # Bad input files or flags: one readable line instead of a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

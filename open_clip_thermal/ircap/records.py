@@ -14,7 +14,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set, Union
+from typing import Dict, Iterable, List, Set, Union
 
 REQUIRED_FIELDS = ("id", "image", "rgb")
 PASSTHROUGH_FIELDS = ("id", "image", "rgb", "split", "dataset", "meta")  # copied to the output

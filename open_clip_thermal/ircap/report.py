@@ -7,10 +7,10 @@ numbers, caption length in CLIP tokens, and run provenance (models, prompt versi
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import List, Optional, Union
 
 from ..text_stats import caption_token_stats
-from .pipeline import OUTPUT_FIELD
+from .captioner import OUTPUT_FIELD
 from .quality import CoverageLexicon, RGBHallucinationLint, lint_summary
 from .records import iter_jsonl
 
@@ -41,8 +41,11 @@ def _fix_summary(records: List[dict], kind: str) -> dict:
 def _provenance(records: List[dict]) -> dict:
     models, servers, prompts = Counter(), Counter(), Counter()
     attempts, seconds = [], []
+    truncated = 0
     for r in records:
         info = r.get("ircap") or {}
+        truncated += sum(1 for q in (info.get("requests") or {}).values()
+                         if isinstance(q, dict) and q.get("finish_reason") == "length")
         models[str(info.get("model"))] += 1
         servers[str(info.get("server"))] += 1
         for version in (info.get("prompts") or {}).values():
@@ -54,6 +57,7 @@ def _provenance(records: List[dict]) -> dict:
     n = len(attempts)
     return {"models": dict(models), "servers": dict(servers), "prompt_versions": dict(prompts),
             "requests_total": sum(attempts),
+            "captions_cut_by_max_tokens": truncated,
             "mean_attempts_per_record": sum(attempts) / n if n else 0.0,
             "mean_seconds_per_record": sum(seconds) / len(seconds) if seconds else 0.0}
 
@@ -144,7 +148,9 @@ def render_markdown(report: dict) -> str:
               f"- prompt versions: {', '.join(p['prompt_versions']) or '-'}",
               f"- requests: {p['requests_total']} "
               f"(mean {p['mean_attempts_per_record']:.2f} per record, 2 without retries)",
-              f"- mean seconds per record: {p['mean_seconds_per_record']:.2f}", ""]
+              f"- mean seconds per record: {p['mean_seconds_per_record']:.2f}",
+              f"- captions cut by --max-tokens (finish_reason 'length'): "
+              f"{p['captions_cut_by_max_tokens']}", ""]
     return "\n".join(lines)
 
 
