@@ -1,5 +1,6 @@
 """Converter: round trip, bad input accounting, strict mode, formats, shard sizing, determinism, resume."""
 import csv
+import io
 import json
 import os
 import signal
@@ -160,10 +161,11 @@ def test_min_shards_spreads_each_split(tmp_path):
     status, out = _convert(tmp_path, records, "--min-shards", "4", "--maxcount", "100")
     assert status == 0
     sizes = json.loads((out / "sizes.json").read_text())
-    assert sizes == {"thermal-train-000000.tar": 3, "thermal-train-000001.tar": 3, "thermal-train-000002.tar": 3,
-                     "thermal-train-000003.tar": 1, "thermal-val-000000.tar": 1, "thermal-val-000001.tar": 1}
+    # 10 // 4 = 2 samples per shard -> 5 shards (>= 4); val has only 2 samples -> 2 shards and a warning
+    assert sizes == {**{f"thermal-train-{i:06d}.tar": 2 for i in range(5)},
+                     "thermal-val-000000.tar": 1, "thermal-val-000001.tar": 1}
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["splits"]["train"]["num_shards"] == 4
+    assert manifest["splits"]["train"]["num_shards"] == 5
     assert [w for w in manifest["warnings"] if "--min-shards" in w] == [
         w for w in manifest["warnings"] if w.startswith("split 'val' has 2 shard(s)")]
 
@@ -186,7 +188,6 @@ def test_same_input_gives_byte_identical_shards_and_seed_changes_order(tmp_path)
 
 
 def _members_from_bytes(blob):
-    import io
     with tarfile.open(fileobj=io.BytesIO(blob)) as archive:
         return [m.name for m in archive.getmembers()]
 
@@ -247,3 +248,30 @@ def test_help_explains_flags(capsys):
     for flag in ("--annotations", "--min-shards", "--maxcount", "--strict", "--verify", "--reencode", "--seed"):
         assert flag in text
     assert "--throttle" not in text and "(default: 10000)" in text
+
+
+def test_verify_catches_truncated_image_that_passes_the_header_check(tmp_path):
+    records = make_numbered_set(tmp_path, 2)
+    big = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "thermal/0001.png")
+    full = (tmp_path / "thermal/0001.png").read_bytes()
+    (tmp_path / "thermal/0001.png").write_bytes(full[: len(full) // 2])
+    status, out = _convert(tmp_path, records)
+    assert status == 0 and json.loads((out / "manifest.json").read_text())["total_samples"] == 2
+    status, out = _convert(tmp_path, records, "--verify", "--overwrite")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert status == 0 and manifest["total_samples"] == 1
+    assert [(s["id"], s["stage"]) for s in manifest["skipped"]] == [("img0001", "write")]
+    assert manifest["skipped"][0]["reason"].startswith("undecodable image")
+
+
+def test_reencode_stores_lossless_sixteen_bit_png(tmp_path):
+    array = np.random.default_rng(3).integers(1000, 3001, (5, 7)).astype(np.uint16)
+    (tmp_path / "thermal").mkdir()
+    Image.fromarray(array).save(tmp_path / "thermal/a.tif")
+    records = [{"id": "a", "image": "thermal/a.tif", "global_caption": "infrared thermal", "fg_caption": "fine"}]
+    status, out = _convert(tmp_path, records, "--reencode")
+    assert status == 0
+    members = _members(out / "thermal-train-000000.tar")
+    assert sorted(members) == ["a.fg.txt", "a.json", "a.png", "a.txt"]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(members["a.png"]))), array)

@@ -9,7 +9,6 @@ result is byte-identical to an uninterrupted run (see ``docs/data.md``).
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -150,10 +149,14 @@ def _fingerprint(options: ConvertOptions, plan: Dict[str, List[PlannedSample]]) 
 
 
 def _split_shard_count_limit(options: ConvertOptions, count: int) -> int:
-    """Samples per shard: ``maxcount``, lowered so a split of ``count`` fills ``min_shards`` shards."""
+    """Samples per shard: ``maxcount``, lowered so a split of ``count`` fills at least ``min_shards`` shards.
+
+    ``count // min_shards`` per shard gives ``count / (count // min_shards) >= min_shards`` shards
+    (rounding up would not: 9 samples at 3 per shard fill only 3 of 4 requested shards).
+    """
     if options.min_shards <= 1 or count == 0:
         return options.maxcount
-    return max(1, min(options.maxcount, math.ceil(count / options.min_shards)))
+    return max(1, min(options.maxcount, count // options.min_shards))
 
 
 def _our_files(options: ConvertOptions) -> List[str]:
