@@ -39,6 +39,19 @@ def _as_float32(name: str, features: torch.Tensor, device: Optional[torch.device
     return features
 
 
+def _group_members(query_groups: torch.Tensor, gallery_groups: torch.Tensor):
+    """Gallery indices sorted by group (CSR layout) and each query's start and count in it."""
+    sorted_groups, order = torch.sort(gallery_groups, stable=True)
+    unique, counts = torch.unique_consecutive(sorted_groups, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.searchsorted(unique, query_groups).clamp(max=len(unique) - 1)
+    found = unique[slot] == query_groups
+    if not found.all():
+        missing = int((~found).nonzero()[0])
+        raise ValueError(f"query {missing} (group {int(query_groups[missing])}) has no correct item in the gallery")
+    return order, starts[slot], counts[slot]
+
+
 def first_hit_ranks(
         queries: torch.Tensor,
         gallery: torch.Tensor,
@@ -78,26 +91,34 @@ def first_hit_ranks(
     g_groups = torch.arange(n_gallery) if gallery_groups is None else torch.as_tensor(gallery_groups)
     if q_groups.shape != (n_query,) or g_groups.shape != (n_gallery,):
         raise ValueError("query_groups / gallery_groups must have one entry per query / gallery item")
-    q_groups, g_groups = q_groups.to(device, torch.long), g_groups.to(device, torch.long)
+    member_order, member_start, member_count = _group_members(q_groups.long(), g_groups.long())
+    member_order, member_start, member_count = member_order.to(device), member_start.to(device), member_count.to(device)
     rows = chunk_size or chunk_rows(n_gallery, memory_budget_mb)
     gallery_index = torch.arange(n_gallery, device=device)
     ranks = torch.empty(n_query, dtype=torch.long)
     for start in range(0, n_query, rows):
         stop = min(start + rows, n_query)
         scores = queries[start:stop] @ gallery.T
-        positive = q_groups[start:stop, None] == g_groups[None, :]
-        if not positive.any(dim=1).all():
-            missing = start + int((~positive.any(dim=1)).nonzero()[0])
-            raise ValueError(f"query {missing} (group {int(q_groups[missing])}) has no correct item in the gallery")
-        best_positive = scores.masked_fill(~positive, -math.inf).max(dim=1).values
-        at_best = scores == best_positive[:, None]
-        # argmax returns the first maximal index, i.e. the lowest-index positive reaching the best score.
-        first_best_positive = (at_best & positive).to(torch.uint8).argmax(dim=1)
-        negative = ~positive
-        above = ((scores > best_positive[:, None]) & negative).sum(dim=1)
-        tied_before = (at_best & negative & (gallery_index[None, :] < first_best_positive[:, None])).sum(dim=1)
-        ranks[start:stop] = (above + tied_before).cpu()
-        del scores, positive, at_best, negative
+        # Gallery indices of each query's correct items, padded to the largest group in the chunk;
+        # members are in ascending index order, so the first maximum is the lowest-index best hit.
+        count = member_count[start:stop]
+        offsets = torch.arange(int(count.max()), device=device)
+        members = member_order[(member_start[start:stop, None] + offsets[None, :]).clamp(max=n_gallery - 1)]
+        member_scores = scores.gather(1, members).masked_fill(offsets[None, :] >= count[:, None], -math.inf)
+        best = member_scores.max(dim=1).values
+        members_at_best = member_scores == best[:, None]
+        # No correct item scores above `best`, so `above` counts wrong items only.
+        above = (scores > best[:, None]).sum(dim=1)
+        at_or_above = (scores >= best[:, None]).sum(dim=1)
+        # Exact ties between a wrong item and the best correct one are rare: resolve them (by
+        # gallery index) only for the rows that have one.
+        tied = (at_or_above - above > members_at_best.sum(dim=1)).nonzero().flatten()
+        if tied.numel():
+            first_best = members[tied].gather(1, members_at_best[tied].to(torch.uint8).argmax(dim=1, keepdim=True))
+            # Correct items never tie before `first_best`, so this counts wrong items only.
+            above[tied] += ((scores[tied] == best[tied, None]) & (gallery_index[None, :] < first_best)).sum(dim=1)
+        ranks[start:stop] = above.cpu()
+        del scores
     return ranks
 
 
