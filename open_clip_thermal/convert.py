@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     io_group.add_argument("--output-dir", required=True, help="local folder for shards, sizes.json and manifest.json")
     io_group.add_argument("--prefix", default="thermal", help="shard name prefix: {prefix}-{split}-{000000}.tar")
     io_group.add_argument("--overwrite", action="store_true",
-                          help="delete shards of this prefix left by a different conversion and start clean "
-                               "(an interrupted run with the same inputs and settings is resumed without it)")
+                          help="delete existing shards of this prefix and start clean; without it an interrupted "
+                               "run with the same inputs and settings is resumed, and shards of a different "
+                               "conversion are refused")
 
     fields = parser.add_argument_group("field names (an empty string disables an optional field)")
     defaults = FieldNames()

@@ -55,7 +55,7 @@ class ConvertOptions:
     strict: bool = False  # first bad input is fatal
     default_split: str = "train"
     default_dataset: Optional[str] = None
-    overwrite: bool = False  # delete a previous, different conversion's files instead of refusing
+    overwrite: bool = False  # delete this prefix's existing shards and start clean (never resume)
     threads: int = 8  # parallel image reads
     command: str = ""  # recorded in the manifest
     progress: bool = True
@@ -195,7 +195,7 @@ def prepare_output(options: ConvertOptions, fingerprint: str, plan: Dict[str, Li
     """
     os.makedirs(options.output_dir, exist_ok=True)
     journal = ConversionJournal(_journal_path(options))
-    previous = journal.load(fingerprint)
+    previous = None if options.overwrite else journal.load(fingerprint)
     existing = _our_files(options)
     if previous is None and existing and not options.overwrite:
         raise ConversionError(
