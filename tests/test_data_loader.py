@@ -2,11 +2,9 @@
 import argparse
 import functools
 import http.server
-import json
 import logging
 import threading
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
