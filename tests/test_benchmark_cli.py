@@ -2,6 +2,7 @@
 import importlib.util
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -110,6 +111,12 @@ def test_zeroshot_end_to_end_with_cache(tmp_path):
     assert sorted(p.name for p in (out / "embedding_cache").glob("*.npy")) == cached
     assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
     assert "| zeroshot (global) |" in (out / "results.md").read_text()
+    # Rewritten shards are new data: the cache must not be reused.
+    for path in urls:
+        os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 10 ** 9))
+    with pytest.warns(UserWarning):
+        assert main(argv) == 0
+    assert len(list((out / "embedding_cache").glob("*.npy"))) == 6
 
 
 @needs_model
