@@ -33,7 +33,7 @@ def render_markdown(results: Mapping) -> str:
     rows = results["rows"]
     out = ["# Thermal retrieval benchmark", "",
            f"{results['config']['n_samples']} test pairs from {len(results['config']['shards'])} shard(s); "
-           f"fused rows use λ = {results['config']['lam']} ({'feature'} fusion). "
+           f"fused rows use λ = {results['config']['lam']} (feature fusion). "
            "I→T: image query, caption gallery; T→I: caption query, image gallery. Recall in %, "
            "mean ± std over seeds (no ± for a single run).", "", "## Recall@K", ""]
     body = [[r["label"] + (f" (n={r['n_seeds']})" if r["n_seeds"] > 1 else "")]
