@@ -64,6 +64,8 @@ def test_variant_parsing():
     ("lora-globl=tclip-global:x", "unknown kind 'lora-globl'"),
     ("lora-global=tclip-global:a+b", "only apply to tclip"),
     ("lora-global=:x", "no model name"),
+    ("clip-adapter=clip-adapter-b16:ckpt.pt", "unknown model 'clip-adapter-b16'"),
+    ("full=thermal-vit-tiny:missing/epoch_3.pt", "weights 'missing/epoch_3.pt' do not exist"),
 ])
 def test_bad_variant_specs(spec, message, tmp_path, capsys):
     urls = write_shards(tmp_path / "shards", count=4)

@@ -17,7 +17,7 @@ from .evaluate import evaluate
 from .report import write_report
 from .retrieval import DEFAULT_RECALL_KS, cap_ks
 from .shards import CAPTION_FIELDS, data_fingerprint, expand_urls, read_sample_index
-from .variants import VariantSpec, build_model, needed_embeddings, parse_variant, rows_for, zeroshot_spec
+from .variants import VariantSpec, build_model, check_spec, needed_embeddings, parse_variant, rows_for, zeroshot_spec
 
 _EPILOG = """\
 variant syntax: KIND[/TAG]=MODEL[:WEIGHTS[,WEIGHTS...]]
@@ -146,6 +146,8 @@ def run(args: argparse.Namespace) -> Dict:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise BenchmarkError(f"variant names {duplicates} repeat; give repeated kinds a tag, e.g. lora-global/r16=...")
+    for spec in specs:
+        check_spec(spec)
     if not 0 <= args.lam <= 1:
         raise BenchmarkError(f"--lam must lie in [0, 1], got {args.lam}")
     urls = expand_urls(args.data)

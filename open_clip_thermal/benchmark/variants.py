@@ -8,6 +8,7 @@ Spec syntax (one ``--variant`` each)::
 tests), or for the ``tclip*`` kinds ``GLOBAL_DIR+FG_DIR`` (two single-branch adapter folders of
 the same seed). Several comma-separated seeds give mean +- std.
 """
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -139,6 +140,28 @@ def _load_pair(model_name: str, global_dir: str, fg_dir: str) -> torch.nn.Module
     return model
 
 
+def _short(message: str, limit: int = 400) -> str:
+    # OpenCLIP's "config not found" lists every known model; keep messages to the point.
+    return message if len(message) <= limit else message[:limit] + " ..."
+
+
+def check_spec(spec: VariantSpec) -> None:
+    """Cheap checks before any encoding: the model name is known and local weight paths exist.
+
+    Raises:
+        BenchmarkError: naming the variant and the unknown model or missing path.
+    """
+    import open_clip
+    if not spec.model.startswith(("hf-hub:", "local-dir:")) and spec.model not in open_clip.list_models():
+        raise BenchmarkError(f"variant {spec.name}: unknown model {spec.model!r} "
+                             "(not an OpenCLIP or T-CLIP model name; see open_clip.list_models())")
+    for seed in spec.seeds:
+        for weights in seed:
+            looks_like_path = weights is not None and ("/" in weights or "\\" in weights or "." in weights)
+            if looks_like_path and "://" not in weights and not weights.startswith("hf-hub:") and not os.path.exists(weights):
+                raise BenchmarkError(f"variant {spec.name}: weights {weights!r} do not exist")
+
+
 def build_model(spec: VariantSpec, seed: Tuple[Optional[str], ...]) -> torch.nn.Module:
     """Build the model of one seed of ``spec`` in eval mode.
 
@@ -162,7 +185,7 @@ def build_model(spec: VariantSpec, seed: Tuple[Optional[str], ...]) -> torch.nn.
         hint = " (a baseline checkpoint must be loadable by open_clip_thermal.create_model)" \
             if spec.kind in BASELINE_KINDS else ""
         raise BenchmarkError(f"variant {spec.name}: cannot load model {spec.model!r} with weights "
-                             f"{'+'.join(str(s) for s in seed)!r}{hint}: {type(error).__name__}: {error}") from None
+                             f"{'+'.join(str(s) for s in seed)!r}{hint}: {type(error).__name__}: {_short(str(error))}") from None
     branches = tuple(getattr(model, "branches", ()))
     if spec.fused and not {GLOBAL, FINE_GRAINED} <= set(branches):
         raise BenchmarkError(f"variant {spec.name}: model {spec.model!r} has branches {list(branches) or 'none'}; "
