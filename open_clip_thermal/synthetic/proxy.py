@@ -215,6 +215,7 @@ def save_proxy_checkpoint(model: torch.nn.Module, path, metadata: Optional[Dict[
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    os.chmod(tmp, 0o644)  # the temporary file is private; the cached checkpoint need not be
     os.replace(tmp, path)
     return path
 
