@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import webdataset as wds
 from open_clip_train.data import DataInfo, SharedEpoch
@@ -115,6 +116,25 @@ class ResampledShardList(IterableDataset):
             yield dict(url=rng.choice(self.urls))
 
 
+def _reseed_augmentation(data: Iterator, seed: int, epoch: EpochLike, rank: int) -> Iterator:
+    """Seed torch/NumPy/Python RNGs of this worker from (seed, epoch, rank, worker) at each epoch start.
+
+    Random augmentations (OpenCLIP's ``RandomResizedCrop``) draw from the worker's global RNGs.
+    Persistent workers would otherwise carry their RNG state over from earlier epochs, so a run
+    resumed at epoch k would see other crops than the uninterrupted run.
+    """
+    worker, _ = _worker()
+    digest = hashlib.sha256(f"augment:{seed}:{_epoch_value(epoch)}:{rank}:{worker}".encode()).digest()
+    value = int.from_bytes(digest[:4], "little")
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+    yield from data
+
+
+reseed_augmentation = wds.pipelinefilter(_reseed_augmentation)
+
+
 def _split_by_rank(data: Iterator, rank: int, world_size: int) -> Iterator:
     for index, item in enumerate(data):
         if index % world_size == rank:
@@ -206,6 +226,24 @@ def _thermal_samples(data: Iterator[Dict[str, Any]], preprocess: Callable, token
 thermal_samples = wds.pipelinefilter(_thermal_samples)
 
 
+def check_captions_available(urls: Union[str, Sequence[str]], captions: str) -> None:
+    """Read the first sample of the first shard and refuse a caption mode the shards cannot serve.
+
+    Raises:
+        ValueError: naming the shard and sample, e.g. ``fine_grained`` on shards without ``fg.txt``.
+    """
+    shard_urls = expand_urls(urls)
+    if not shard_urls:
+        raise ValueError(f"no shards match {urls!r}")
+    failures = DecodeFailures(strict=True)
+    first = wds.DataPipeline(ShardList(shard_urls[:1], shuffle=False, seed=0, epoch=0),
+                             open_shards(failures.handle), tar_samples(failures.handle))
+    sample = next(iter(first), None)
+    if sample is None:
+        raise ValueError(f"shard {shard_urls[0]} holds no samples")
+    _check_first_sample(sample, captions)
+
+
 def collate_tuples(samples: List[Tuple]) -> Tuple:
     """Batch a list of tuples: tensors are stacked, anything else (metadata dicts) becomes a list."""
     columns = list(zip(*samples))
@@ -258,6 +296,8 @@ def make_thermal_dataset(urls: Union[str, Sequence[str]], preprocess: Callable, 
     else:
         stages = [ShardList(shard_urls, shuffle=is_train, seed=seed, epoch=epoch),
                   split_by_rank(rank, world_size), wds.split_by_worker]
+    if is_train:
+        stages.append(reseed_augmentation(seed, epoch, rank))
     stages += [open_shards(handler), tar_samples(handler)]
     if is_train and shuffle_buffer > 1:
         stages.append(seeded_shuffle(shuffle_buffer, seed, epoch, rank))
