@@ -258,13 +258,33 @@ class DualLoRAFusion(nn.Module):
         return self._fuse(feats, lam, normalize)
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        """OpenCLIP's contract: normalised (fused) features and the exponentiated temperature."""
+        """OpenCLIP's contract: normalised (fused) features and the exponentiated temperature.
+
+        ``text`` of shape ``(B, 2, L)`` holds each image's global and fine-grained caption (dual-branch
+        training): the result is then always a dict with each branch's own features and temperature,
+        the fine-grained ones under ``fg_*`` keys (see ``training.losses.DualBranchClipLoss``).
+        """
+        if text is not None and text.ndim == 3:
+            return self._forward_both_branches(image, text)
         image_features = self.encode_image(image) if image is not None else None
         text_features = self.encode_text(text) if text is not None else None
         logit_scale = self.logit_scale.exp()
         if self.output_dict:
             return {"image_features": image_features, "text_features": text_features, "logit_scale": logit_scale}
         return image_features, text_features, logit_scale
+
+    def _forward_both_branches(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if self.branches != (GLOBAL, FINE_GRAINED) or text.shape[1] != 2:
+            raise ValueError(f"(B, 2, L) captions need branches ({GLOBAL!r}, {FINE_GRAINED!r}), "
+                             f"this model has {list(self.branches)}; text shape {tuple(text.shape)}")
+        img = self.branch_image_features(image)
+        txt = self.branch_text_features({GLOBAL: text[:, 0], FINE_GRAINED: text[:, 1]})
+        return {
+            "image_features": img[GLOBAL], "text_features": txt[GLOBAL],
+            "logit_scale": self.logit_scales[GLOBAL].exp(),
+            "fg_image_features": img[FINE_GRAINED], "fg_text_features": txt[FINE_GRAINED],
+            "fg_logit_scale": self.logit_scales[FINE_GRAINED].exp(),
+        }
 
     # ------------------------------------------------------------------ export
     def merged_state_dict(self, branch: Optional[str] = None) -> Dict[str, torch.Tensor]:

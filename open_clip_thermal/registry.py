@@ -98,7 +98,8 @@ def _create_base(base_model: str, pretrained: Optional[str], kwargs: dict) -> nn
 def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
                        lam: Optional[float] = None, fusion: Optional[str] = None,
                        lora: Union[None, dict, LoRAConfig] = None, base_pretrained: Optional[str] = None,
-                       strict_base: bool = True, **kwargs) -> DualLoRAFusion:
+                       strict_base: bool = True, branches: Optional[List[str]] = None,
+                       **kwargs) -> DualLoRAFusion:
     """Build a registered T-CLIP model.
 
     Args:
@@ -110,9 +111,12 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
         lora: LoRA settings overriding the config's (dict of :class:`LoRAConfig` fields or the object).
         base_pretrained: base weights to use under an adapter folder instead of the recorded ones.
         strict_base: refuse adapters whose recorded base fingerprint differs from the loaded base.
+        branches: branch names overriding the config's (e.g. ``['mixed']``).
         **kwargs: passed to ``open_clip.create_model`` for the base (precision, device, cache_dir, ...).
     """
     cfg = get_tclip_config(model_name)
+    if branches is not None:
+        cfg["branches"] = list(branches)
     if kwargs.pop("jit", False):
         raise ValueError("T-CLIP models do not support jit=True")
     output_dict = bool(kwargs.pop("output_dict", None))
@@ -134,7 +138,6 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
         lora_cfg = lora
     elif lora:
         lora_cfg = LoRAConfig.from_dict({**lora_cfg.to_dict(), **lora})
-    kwargs.pop("output_dict", None)
     base = _create_base(cfg["base_model"], base_weights, kwargs)
     model = DualLoRAFusion(
         base, branches=cfg["branches"], lora=lora_cfg,
@@ -148,6 +151,9 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
     if adapters is not None:
         saved_branches = read_adapter_config(adapters)["branches"]
         mapping = {b: b for b in saved_branches if b in model.branches}
+        if not mapping and len(saved_branches) == 1 and len(model.branches) == 1:
+            # a single-branch adapter trained under another name (e.g. 'mixed') into a single-branch model
+            mapping = {saved_branches[0]: model.branches[0]}
         if not mapping:
             raise AdapterError(f"adapter {adapters} holds branches {saved_branches}; "
                                f"{model_name!r} has {list(model.branches)}")
