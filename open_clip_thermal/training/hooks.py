@@ -1,0 +1,288 @@
+"""The one place where T-CLIP training hooks into open_clip_train.
+
+``open_clip_train.main.main`` runs the whole training (logging, distributed set-up, optimizer,
+precision, scheduler, the loop, evaluation, checkpoints). It looks up a few collaborators as globals
+of its module at call time, and :class:`TrainerHooks` swaps exactly those for the run's duration:
+
+==============================  ===============================================================
+``create_model_and_transforms``  builds the T-CLIP model (LoRA branches for ``--branch``), applies
+                                 ``--init-from``; everything but LoRA and temperatures is frozen
+                                 *before* the optimizer is built, so only those are optimised
+``get_data``                     the thermal WebDataset loader (16-bit decode, caption modes)
+``create_loss``                  one InfoNCE per branch for ``--branch both``; stops on NaN/inf
+``pt_load`` / ``torch.save``     slim checkpoints (trainable tensors + RNG states, never the
+                                 backbone) and adapter folders at every save; rebuilt on resume
+``torch.nn.parallel.DDP``        without ``device_ids`` on CPU (gloo), which torch rejects
+==============================  ===============================================================
+
+Two global optimizer hooks (``torch.optim.optimizer.register_optimizer_step_*_hook``) clip
+gradients per branch (``--grad-clip-norm``; a global norm would couple the branches) and clamp every
+branch's temperature as open_clip_train clamps ``logit_scale``. All of it is undone on exit.
+"""
+import contextlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import open_clip
+import torch
+import torch.nn as nn
+
+from ..adapters import export_merged, load_adapters, read_adapter_config, save_adapters
+from ..fusion import DualLoRAFusion, FINE_GRAINED, GLOBAL
+from ..lora import LoRAConfig
+from ..registry import get_tclip_config, list_tclip_models, register_tclip_model
+from .checkpoints import MARKER, expand_checkpoint, is_slim, restore_rng_state, slim_checkpoint
+from .losses import DualBranchClipLoss, FiniteLossGuard
+
+BRANCH_MODES = ("global", "fine_grained", "mixed", "both")
+# branch mode -> (branches of the model, caption mode of the loader)
+_BRANCH_LAYOUT = {
+    "global": ((GLOBAL,), "global"),
+    "fine_grained": ((FINE_GRAINED,), "fine_grained"),
+    "mixed": (("mixed",), "mixed"),
+    "both": ((GLOBAL, FINE_GRAINED), "both"),
+}
+MAX_LOGIT_SCALE = math.log(100)  # open_clip_train's clamp
+
+
+@dataclass
+class TrainOptions:
+    """The T-CLIP-specific settings of a run (everything else is an open_clip_train flag)."""
+    branch: str = "global"  # global | fine_grained | mixed | both
+    method: str = "lora"  # lora | full
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    init_from: Optional[str] = None  # adapter folder to start the branch(es) from
+    grad_clip_norm: Optional[float] = None  # per branch
+    thermal_norm: str = "percentile"
+    strict_data: bool = False
+
+
+class _StackedCaptions:
+    """Turns ``(images, global_tokens, fg_tokens)`` batches into ``(images, tokens[B, 2, L])``:
+    open_clip_train's loop unpacks exactly two items and moves ``texts`` to the device."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.num_batches = loader.num_batches
+        self.num_samples = loader.num_samples
+
+    def __iter__(self):
+        for batch in self.loader:
+            images, global_tokens, fg_tokens = batch[:3]
+            yield images, torch.stack([global_tokens, fg_tokens], dim=1)
+
+    def __len__(self):
+        return self.num_batches
+
+
+class _Overlay:
+    """A module stand-in: the given attributes replaced, every other one the module's own."""
+
+    def __init__(self, module, **overrides):
+        self._module = module
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+def _cpu_friendly_ddp(module, device_ids=None, **kwargs):
+    """open_clip_train passes ``device_ids=[device]`` even for CPU, which DDP rejects; drop it there."""
+    if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+        device_ids = None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, **kwargs)
+
+
+def _torch_for_trainer(hooks: "TrainerHooks") -> _Overlay:
+    """Stands in for ``torch`` inside ``open_clip_train.main`` only: ``torch.save`` goes through
+    :meth:`TrainerHooks.save_checkpoint`, DDP accepts CPU devices, everything else is the real torch."""
+    parallel = _Overlay(torch.nn.parallel, DistributedDataParallel=_cpu_friendly_ddp)
+    return _Overlay(torch, save=hooks.save_checkpoint, nn=_Overlay(torch.nn, parallel=parallel))
+
+
+class TrainerHooks:
+    """Install with ``with TrainerHooks(options).installed(): open_clip_train.main.main(argv)``."""
+
+    def __init__(self, options: TrainOptions):
+        if options.branch not in BRANCH_MODES:
+            raise ValueError(f"--branch must be one of {BRANCH_MODES}, got {options.branch!r}")
+        if options.method not in ("lora", "full"):
+            raise ValueError(f"--method {options.method!r} is not supported (choose lora or full)")
+        self.options = options
+        self.model: Optional[nn.Module] = None
+        self.first_step = 0
+        self._pending_rng = None
+        self._clip_groups: Dict[str, List[nn.Parameter]] = {}
+        self._originals = {}
+
+    # ------------------------------------------------------------------ model
+    def _tclip_name(self, model_name: str) -> str:
+        if model_name in list_tclip_models():
+            return model_name
+        # A stock OpenCLIP architecture: register the recipe on it under a derived name.
+        name = f"tclip-custom-{model_name}"
+        register_tclip_model(name, {"base_model": model_name, "branches": [GLOBAL],
+                                    "lora": self.options.lora.to_dict()})
+        return name
+
+    def create_model_and_transforms(self, model_name: str, pretrained: Optional[str] = None, **kwargs):
+        branches, _ = _BRANCH_LAYOUT[self.options.branch]
+        if self.options.method == "full":
+            base_name = get_tclip_config(model_name)["base_model"] if model_name in list_tclip_models() else model_name
+            model, pp_train, pp_val = open_clip.create_model_and_transforms(base_name, pretrained or None, **kwargs)
+            self._clip_groups = {"model": [p for p in model.parameters() if p.requires_grad]}
+        else:
+            name = self._tclip_name(model_name)
+            model, pp_train, pp_val = open_clip.create_model_and_transforms(
+                name, pretrained or None, lora=self.options.lora, branches=list(branches), **kwargs)
+            if self.options.init_from:
+                self._init_from(model, self.options.init_from)
+            self._clip_groups = {b: [p for n, p in model.named_parameters()
+                                     if p.requires_grad and (n.endswith("." + b) or n == f"logit_scales.{b}")]
+                                 for b in model.branches}
+        self.model = model
+        return model, pp_train, pp_val
+
+    @staticmethod
+    def _init_from(model: DualLoRAFusion, folder: str) -> None:
+        saved = read_adapter_config(folder)["branches"]
+        if len(saved) == 1:  # cross-initialisation: one trained branch starts every branch
+            for b in model.branches:
+                load_adapters(model, folder, as_branch=b)
+        else:
+            load_adapters(model, folder, {b: b for b in model.branches if b in saved})
+        logging.info(f"initialised branches {list(model.branches)} from adapters {folder}")
+
+    # ------------------------------------------------------------------ data
+    def get_data(self, args, preprocess_fns, epoch: int = 0, tokenizer=None):
+        from ..data.loader import check_captions_available, make_thermal_dataloader
+        pp_train, pp_val = preprocess_fns
+        _, caption_mode = _BRANCH_LAYOUT[self.options.branch]
+        common = dict(thermal_norm=self.options.thermal_norm, strict=self.options.strict_data, seed=args.seed,
+                      rank=args.rank, world_size=args.world_size)
+        data = {}
+        if args.train_data:
+            check_captions_available(args.train_data, caption_mode)
+            info = make_thermal_dataloader(
+                args.train_data, pp_train, tokenizer, batch_size=args.batch_size, num_workers=args.workers,
+                num_samples=args.train_num_samples, is_train=True, resampled=args.dataset_resampled,
+                epoch=epoch, captions=caption_mode, **common)
+            if caption_mode == "both":
+                info.dataloader = _StackedCaptions(info.dataloader)
+            data["train"] = info
+            self.first_step = epoch * info.dataloader.num_batches
+        if args.val_data:
+            val_captions = "fine_grained" if self.options.branch == "fine_grained" else "global"
+            data["val"] = make_thermal_dataloader(
+                args.val_data, pp_val, tokenizer, batch_size=args.batch_size, num_workers=args.workers,
+                num_samples=args.val_num_samples, is_train=False, captions=val_captions, **common)
+        if self._pending_rng is not None:  # resume: continue the interrupted run's random stream
+            restore_rng_state(self._pending_rng)
+            self._pending_rng = None
+        return data
+
+    # ------------------------------------------------------------------ loss
+    def create_loss(self, args):
+        if self.options.branch == "both" and self.options.method == "lora":
+            loss = DualBranchClipLoss(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad,
+                                      cache_labels=True, rank=args.rank, world_size=args.world_size,
+                                      use_horovod=args.horovod)
+        else:
+            loss = self._originals["create_loss"](args)
+        return FiniteLossGuard(loss, first_step=self.first_step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def pt_load(self, path, map_location=None):
+        checkpoint = self._originals["pt_load"](path, map_location=map_location)
+        if is_slim(checkpoint):
+            self._pending_rng = checkpoint[MARKER]["rng"]
+            checkpoint = expand_checkpoint(checkpoint, self.model)
+        return checkpoint
+
+    def save_checkpoint(self, obj, f, *args, **kwargs):
+        is_train_state = isinstance(obj, dict) and "state_dict" in obj and "epoch" in obj
+        if not is_train_state:
+            return torch.save(obj, f, *args, **kwargs)
+        path = Path(f)
+        run_dir = path.parent.parent
+        if self.options.method == "lora":
+            torch.save(slim_checkpoint(obj, self.model), f, *args, **kwargs)
+            if path.name != "tmp.pt":  # the save-most-recent copy repeats an epoch save
+                self._write_adapters(path.with_name(path.stem + "_adapters"))
+            self._write_adapters(run_dir / "adapters")
+        else:
+            torch.save(obj, f, *args, **kwargs)
+            export_path = run_dir / "model.safetensors"
+            from safetensors.torch import save_file
+            state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            save_file(state, str(export_path))
+
+    def _write_adapters(self, folder: Path) -> None:
+        """Write to a fresh temporary folder, then swap it in, so readers never see half a folder."""
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+        save_adapters(self.model, tmp)
+        if folder.exists():
+            old = folder.with_name(folder.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+
+    # ------------------------------------------------------------------ optimizer hooks
+    def _clip_per_branch(self, optimizer, args, kwargs):
+        max_norm = self.options.grad_clip_norm
+        if max_norm is None:
+            return
+        for params in self._clip_groups.values():
+            with_grad = [p for p in params if p.grad is not None]
+            if with_grad:
+                torch.nn.utils.clip_grad_norm_(with_grad, max_norm, norm_type=2.0)
+
+    def _clamp_temperatures(self, optimizer, args, kwargs):
+        scales = getattr(self.model, "logit_scales", None)
+        if scales is not None:
+            with torch.no_grad():
+                for p in scales.values():
+                    p.clamp_(0, MAX_LOGIT_SCALE)
+
+    # ------------------------------------------------------------------ install
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["TrainerHooks"]:
+        """Swap the hooks into ``open_clip_train.main`` for the duration of the block."""
+        import open_clip_train.main as trainer_main
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+        replacements = {
+            "create_model_and_transforms": self.create_model_and_transforms,
+            "get_data": self.get_data,
+            "create_loss": self.create_loss,
+            "pt_load": self.pt_load,
+            "torch": _torch_for_trainer(self),
+        }
+        self._originals = {name: getattr(trainer_main, name) for name in replacements}
+        handles = [register_optimizer_step_pre_hook(self._clip_per_branch),
+                   register_optimizer_step_post_hook(self._clamp_temperatures)]
+        for name, value in replacements.items():
+            setattr(trainer_main, name, value)
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+        try:
+            yield self
+        finally:
+            # open_clip_train's setup_logging adds handlers on every run; keep in-process reruns clean
+            for handler in root.handlers[:]:
+                if handler not in handlers:
+                    root.removeHandler(handler)
+                    handler.close()
+            root.setLevel(level)
+            for name, value in self._originals.items():
+                setattr(trainer_main, name, value)
+            for h in handles:
+                h.remove()

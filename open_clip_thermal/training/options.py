@@ -1,0 +1,138 @@
+"""Command-line flags of ``python -m open_clip_thermal.train`` and their translation for open_clip_train.
+
+Our flags are parsed with ``parse_known_args``; every other flag goes to open_clip_train unchanged.
+"""
+import argparse
+import math
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ..lora import TARGETS, TOWERS, LoRAConfig
+from .hooks import BRANCH_MODES, TrainOptions
+
+# The paper's training recipe. lr and weight decay are not legible in the paper: 1e-4 and 0.01 are
+# common LoRA choices (the adapters start at zero, so a larger lr than full fine-tuning is safe).
+PAPER_PRESET = {
+    "trainer": ["--beta1", "0.9", "--beta2", "0.999", "--eps", "1e-8", "--lr", "1e-4", "--wd", "0.01",
+                "--warmup", "100", "--lr-scheduler", "cosine", "--batch-size", "128"],
+    "ours": {"grad_clip_norm": 1.0, "max_steps": 10_000},
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m open_clip_thermal.train", add_help=False,
+        description="Train T-CLIP LoRA branches with OpenCLIP's trainer (open_clip_train). The flags below "
+                    "are ours; every open_clip_train flag (--train-data, --val-data, --model, --pretrained, "
+                    "--lr, --wd, --batch-size, --epochs, --warmup, --precision, --workers, --logs, --name, "
+                    "--report-to, --resume, --save-frequency, --seed, --dist-backend, --device, ...) works as "
+                    "with `python -m open_clip_train.main`; they are listed after ours.")
+    parser.add_argument("-h", "--help", action="store_true", help="Show this help (ours and open_clip_train's).")
+    g = parser.add_argument_group("T-CLIP")
+    g.add_argument("--branch", choices=BRANCH_MODES, default="global",
+                   help="Which LoRA branch(es) to train: 'global' on global captions, 'fine_grained' on "
+                        "fine-grained captions, 'mixed' one branch on either caption type 50:50 (seeded), "
+                        "'both' the global and fine-grained branches at once on one data stream. Default: global.")
+    g.add_argument("--method", choices=("lora", "full"), default="lora",
+                   help="'lora' (T-CLIP) or 'full' fine-tuning of the whole CLIP (baseline). Default: lora.")
+    g.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r. Default: 8 (paper).")
+    g.add_argument("--lora-alpha", type=float, default=1.0, help="LoRA alpha (update scaled by alpha/r). Default: 1.")
+    g.add_argument("--lora-dropout", type=float, default=0.0, help="Dropout on the LoRA input. Default: 0.")
+    g.add_argument("--lora-targets", default="q,k,v",
+                   help=f"Comma-separated LoRA targets from {','.join(TARGETS)}. Default: q,k,v (paper).")
+    g.add_argument("--lora-towers", choices=TOWERS, default="both", help="Towers with LoRA. Default: both.")
+    g.add_argument("--lora-last-k", type=int, default=None,
+                   help="Adapt only the last k blocks of each tower (default: all blocks).")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="Train for this many optimiser steps (the paper: 10,000) instead of --epochs; the run "
+                        "is cut into epochs of --steps-per-epoch steps, each a checkpoint/resume point.")
+    g.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="Steps per epoch with --max-steps (default: one pass over the data per sizes.json, "
+                        "at most --max-steps; 1000 with --dataset-resampled).")
+    g.add_argument("--preset", choices=("none", "paper"), default="none",
+                   help="'paper': AdamW(0.9, 0.999), lr 1e-4, wd 0.01, cosine with 100 warmup steps, grad-norm "
+                        "clip 1.0, batch 128, AMP on CUDA, 10,000 steps. Explicit flags override it. Default: none.")
+    g.add_argument("--init-from", default=None,
+                   help="Adapter folder to initialise the branch(es) from (a single-branch folder starts every "
+                        "branch: the cross-initialisation ablation).")
+    g.add_argument("--grad-clip-norm", type=float, default=None,
+                   help="Clip the gradient norm of each branch separately (a global norm would couple the "
+                        "branches). Default: no clipping (1.0 with --preset paper).")
+    g.add_argument("--thermal-norm", choices=("percentile", "minmax", "fixed"), default="percentile",
+                   help="Normalisation of >8-bit thermal frames (see docs/data.md). Default: percentile.")
+    g.add_argument("--strict-data", action="store_true",
+                   help="Stop at the first undecodable sample instead of skipping and counting it.")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:
+    """Split ``argv`` into our namespace and the open_clip_train remainder (preset flags first)."""
+    argv = list(argv) if argv is not None else []
+    parser = build_parser()
+    preset_probe, _ = parser.parse_known_args(argv)
+    trainer_prefix: List[str] = []
+    if preset_probe.preset == "paper":
+        parser.set_defaults(**PAPER_PRESET["ours"])
+        trainer_prefix = list(PAPER_PRESET["trainer"])
+        if torch.cuda.is_available():
+            trainer_prefix += ["--precision", "amp"]
+    ours, rest = parser.parse_known_args(argv)
+    return ours, trainer_prefix + rest
+
+
+def train_options(ours: argparse.Namespace) -> TrainOptions:
+    targets = tuple(t.strip() for t in ours.lora_targets.split(",") if t.strip())
+    lora = LoRAConfig(rank=ours.lora_rank, alpha=ours.lora_alpha, dropout=ours.lora_dropout, targets=targets,
+                      towers=ours.lora_towers, last_k_blocks=ours.lora_last_k)
+    return TrainOptions(branch=ours.branch, method=ours.method, lora=lora, init_from=ours.init_from,
+                        grad_clip_norm=ours.grad_clip_norm, thermal_norm=ours.thermal_norm,
+                        strict_data=ours.strict_data)
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def plan_steps(ours: argparse.Namespace, rest: List[str]) -> List[str]:
+    """Translate ``--max-steps`` into open_clip_train's ``--epochs`` and ``--train-num-samples``."""
+    if ours.max_steps is None:
+        return rest
+    if ours.max_steps < 1:
+        raise SystemExit(f"--max-steps must be >= 1, got {ours.max_steps}")
+    user_epochs = _flag_value(rest, "--epochs")
+    if user_epochs is not None:
+        raise SystemExit("give --max-steps or --epochs, not both")
+    batch = int(_flag_value(rest, "--batch-size") or 64)
+    workers = max(1, int(_flag_value(rest, "--workers") or 4))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    train_data = _flag_value(rest, "--train-data")
+    steps = ours.steps_per_epoch
+    if steps is None:
+        if "--dataset-resampled" in rest or train_data is None:
+            steps = 1000
+        else:
+            from ..data.loader import read_dataset_size
+            size = _flag_value(rest, "--train-num-samples")
+            size = int(size) if size else read_dataset_size(train_data)
+            if not size:
+                raise SystemExit(f"--max-steps needs the training set size: no sizes.json next to {train_data}; "
+                                 "pass --steps-per-epoch or --train-num-samples")
+            steps = max(1, size // (batch * world))
+        steps = min(steps, ours.max_steps)
+    steps = workers * math.ceil(steps / workers)  # the loader gives every worker the same number of batches
+    epochs = math.ceil(ours.max_steps / steps)
+    if epochs * steps != ours.max_steps:
+        print(f"open_clip_thermal.train: --max-steps {ours.max_steps} rounded up to {epochs * steps} "
+              f"({epochs} epochs x {steps} steps; steps per epoch are a multiple of --workers {workers})")
+    rest = [a for i, a in enumerate(rest) if not (a == "--train-num-samples" or
+                                                  (i > 0 and rest[i - 1] == "--train-num-samples") or
+                                                  a.startswith("--train-num-samples="))]
+    return rest + ["--epochs", str(epochs), "--train-num-samples", str(steps * batch * world)]
