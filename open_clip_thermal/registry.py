@@ -165,6 +165,14 @@ def create_model(model_name: str, pretrained: Optional[str] = None, **kwargs: An
     """``open_clip.create_model`` that also knows T-CLIP names; stock names go to OpenCLIP unchanged."""
     if model_name in _TCLIP_CONFIGS:
         return create_tclip_model(model_name, pretrained, **kwargs)
+    # Trained baselines that are not plain OpenCLIP weights (docs/baselines.md): 'clip-adapter' is a
+    # frozen base + adapter folder; the folder records the base, so the name carries no architecture.
+    from .baselines import BASELINE_MODELS, CLIP_ADAPTER_MODEL, clip_adapter_folder
+    if model_name in BASELINE_MODELS:
+        return BASELINE_MODELS[model_name](pretrained, **kwargs)
+    if isinstance(pretrained, (str, os.PathLike)) and clip_adapter_folder(pretrained) is not None:
+        raise ValueError(f"pretrained={pretrained!r} is a CLIP-Adapter folder; load it with "
+                         f"create_model({CLIP_ADAPTER_MODEL!r}, pretrained=...), not {model_name!r}")
     return _original_create_model()(model_name, pretrained, **kwargs)
 
 

@@ -152,9 +152,16 @@ def check_spec(spec: VariantSpec) -> None:
         BenchmarkError: naming the variant and the unknown model or missing path.
     """
     import open_clip
-    if not spec.model.startswith(("hf-hub:", "local-dir:")) and spec.model not in open_clip.list_models():
+    known = set(open_clip.list_models())
+    try:  # baselines whose architecture is recorded in their weights folder ('clip-adapter')
+        from open_clip_thermal.baselines import list_baseline_models
+        known.update(list_baseline_models())
+    except ImportError:
+        pass
+    if not spec.model.startswith(("hf-hub:", "local-dir:")) and spec.model not in known:
         raise BenchmarkError(f"variant {spec.name}: unknown model {spec.model!r} "
-                             "(not an OpenCLIP or T-CLIP model name; see open_clip.list_models())")
+                             "(not an OpenCLIP, T-CLIP or baseline model name; see open_clip.list_models() "
+                             "and open_clip_thermal.baselines.list_baseline_models())")
     for seed in spec.seeds:
         for weights in seed:
             looks_like_path = weights is not None and ("/" in weights or "\\" in weights or "." in weights)

@@ -1,0 +1,35 @@
+"""Trained baselines of the paper's tables, next to T-CLIP's LoRA branches.
+
+* ``full``: every CLIP weight fine-tuned; exported as a plain OpenCLIP checkpoint (:mod:`.export`).
+* ``clip-adapter``: :mod:`.clip_adapter` (model) and :mod:`.clip_adapter_files` (folders; the
+  ``'clip-adapter'`` name of ``open_clip_thermal.create_model``).
+* ``declip``: full fine-tuning with nearest-neighbour supervision from a momentum encoder,
+  :mod:`.declip` (model) and :mod:`.declip_loss`; exported like ``full``.
+
+Training: ``python -m open_clip_thermal.train --method full|clip-adapter|declip`` (docs/baselines.md).
+"""
+from .clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION, ClipAdapterModel, ResidualBottleneck
+from .clip_adapter_files import (CLIP_ADAPTER_FORMAT, CLIP_ADAPTER_MODEL, clip_adapter_folder,
+                                 create_clip_adapter_model, load_clip_adapter, read_clip_adapter_config,
+                                 save_clip_adapter)
+from .declip import DeclipConfig, DeclipModel, FeatureQueue, MomentumWeights
+from .declip_loss import DeclipLoss, nearest_neighbour_infonce
+from .export import EXPORT_NAME, openclip_state_dict, save_openclip_weights
+
+# model names open_clip_thermal.create_model builds here (not OpenCLIP architectures: the base is
+# recorded in the weights folder)
+BASELINE_MODELS = {CLIP_ADAPTER_MODEL: create_clip_adapter_model}
+
+
+def list_baseline_models():
+    """Names of the baseline models ``open_clip_thermal.create_model`` knows (``['clip-adapter']``)."""
+    return sorted(BASELINE_MODELS)
+
+
+__all__ = [
+    "BASELINE_MODELS", "list_baseline_models", "ClipAdapterModel", "ResidualBottleneck", "DEFAULT_ALPHA",
+    "DEFAULT_REDUCTION", "CLIP_ADAPTER_FORMAT", "CLIP_ADAPTER_MODEL", "clip_adapter_folder",
+    "create_clip_adapter_model", "load_clip_adapter", "read_clip_adapter_config", "save_clip_adapter",
+    "DeclipConfig", "DeclipModel", "FeatureQueue", "MomentumWeights", "DeclipLoss", "nearest_neighbour_infonce",
+    "EXPORT_NAME", "openclip_state_dict", "save_openclip_weights",
+]

@@ -1,0 +1,29 @@
+"""Plain OpenCLIP weights of the fully fine-tuned baselines (``full``, ``declip``)."""
+import os
+from pathlib import Path
+from typing import Dict, Union
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+from ..adapters import _atomic_write
+
+EXPORT_NAME = "model.safetensors"
+
+
+def openclip_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The weights stock ``open_clip.create_model(<base>, pretrained=...)`` loads: the model's own
+    state_dict, or for wrappers with training-only state (DeCLIP's momentum encoder and queues)
+    what their ``export_state_dict`` keeps."""
+    export = getattr(model, "export_state_dict", None)
+    state = export() if callable(export) else model.state_dict()
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def save_openclip_weights(model: nn.Module, path: Union[str, os.PathLike]) -> Path:
+    """Write :func:`openclip_state_dict` of ``model`` to ``path`` as safetensors, atomically."""
+    path = Path(path)
+    state = openclip_state_dict(model)
+    _atomic_write(path, lambda tmp: save_file(state, tmp))
+    return path
