@@ -9,15 +9,23 @@ of its module at call time, and :class:`TrainerHooks` swaps exactly those for th
                                  ``--init-from``; everything but LoRA and temperatures is frozen
                                  *before* the optimizer is built, so only those are optimised
 ``get_data``                     the thermal WebDataset loader (16-bit decode, caption modes)
-``create_loss``                  one InfoNCE per branch for ``--branch both``; stops on NaN/inf
+``create_loss``                  one InfoNCE per branch for ``--branch both``; the DeCLIP loss for
+                                 ``--method declip``; stops on NaN/inf
 ``pt_load`` / ``torch.save``     slim checkpoints (trainable tensors + RNG states, never the
                                  backbone) and adapter folders at every save; rebuilt on resume
 ``torch.nn.parallel.DDP``        without ``device_ids`` on CPU (gloo), which torch rejects
 ==============================  ===============================================================
 
-Two global optimizer hooks (``torch.optim.optimizer.register_optimizer_step_*_hook``) clip
-gradients per branch (``--grad-clip-norm``; a global norm would couple the branches) and clamp every
-branch's temperature as open_clip_train clamps ``logit_scale``. All of it is undone on exit.
+Global optimizer hooks (``torch.optim.optimizer.register_optimizer_step_*_hook``) clip gradients per
+branch (``--grad-clip-norm``; a global norm would couple the branches), clamp every branch's
+temperature as open_clip_train clamps ``logit_scale``, and for ``--method declip`` move the momentum
+encoder one EMA step after each optimizer step. All of it is undone on exit.
+
+Methods (``--method``, see docs/baselines.md): ``lora`` (T-CLIP), and the baselines ``full`` (plain
+OpenCLIP model, all weights trained, full checkpoints plus ``model.safetensors`` exports),
+``clip-adapter`` (frozen CLIP + CLIP-Adapter; slim checkpoints plus CLIP-Adapter folders) and
+``declip`` (full fine-tuning with a momentum encoder and queues; full checkpoints, which keep the
+momentum state for resuming, plus ``model.safetensors`` exports of the online model).
 """
 import contextlib
 import logging
@@ -34,6 +42,9 @@ import torch
 import torch.nn as nn
 
 from ..adapters import export_merged, load_adapters, read_adapter_config, save_adapters
+from ..baselines import (EXPORT_NAME, ClipAdapterModel, DeclipConfig, DeclipLoss, DeclipModel, save_clip_adapter,
+                         save_openclip_weights)
+from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION
 from ..fusion import DualLoRAFusion, FINE_GRAINED, GLOBAL
 from ..lora import LoRAConfig
 from ..registry import get_tclip_config, list_tclip_models, register_tclip_model
@@ -41,6 +52,7 @@ from .checkpoints import MARKER, expand_checkpoint, is_slim, restore_rng_state, 
 from .losses import DualBranchClipLoss, FiniteLossGuard
 
 BRANCH_MODES = ("global", "fine_grained", "mixed", "both")
+METHODS = ("lora", "full", "clip-adapter", "declip")
 # branch mode -> (branches of the model, caption mode of the loader)
 _BRANCH_LAYOUT = {
     "global": ((GLOBAL,), "global"),
@@ -55,8 +67,11 @@ MAX_LOGIT_SCALE = math.log(100)  # open_clip_train's clamp
 class TrainOptions:
     """The T-CLIP-specific settings of a run (everything else is an open_clip_train flag)."""
     branch: str = "global"  # global | fine_grained | mixed | both
-    method: str = "lora"  # lora | full
+    method: str = "lora"  # lora | full | clip-adapter | declip
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    clip_adapter_alpha: float = DEFAULT_ALPHA  # residual ratio of --method clip-adapter
+    clip_adapter_reduction: int = DEFAULT_REDUCTION  # bottleneck reduction of --method clip-adapter
+    declip: DeclipConfig = field(default_factory=DeclipConfig)
     init_from: Optional[str] = None  # adapter folder to start the branch(es) from
     grad_clip_norm: Optional[float] = None  # per branch
     thermal_norm: str = "percentile"
@@ -96,6 +111,9 @@ def _cpu_friendly_ddp(module, device_ids=None, **kwargs):
     """open_clip_train passes ``device_ids=[device]`` even for CPU, which DDP rejects; drop it there."""
     if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
         device_ids = None
+    # models whose buffers stay in sync by construction (DeCLIP's momentum encoder) opt out of the
+    # per-step buffer broadcast
+    kwargs.setdefault("broadcast_buffers", getattr(module, "ddp_broadcast_buffers", True))
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, **kwargs)
 
 
@@ -112,8 +130,13 @@ class TrainerHooks:
     def __init__(self, options: TrainOptions):
         if options.branch not in BRANCH_MODES:
             raise ValueError(f"--branch must be one of {BRANCH_MODES}, got {options.branch!r}")
-        if options.method not in ("lora", "full"):
-            raise ValueError(f"--method {options.method!r} is not supported (choose lora or full)")
+        if options.method not in METHODS:
+            raise ValueError(f"--method {options.method!r} is not supported (choose from {', '.join(METHODS)})")
+        if options.method != "lora" and options.branch == "both":
+            raise ValueError(f"--method {options.method} trains one model on one caption type; --branch both "
+                             "needs --method lora (train a baseline per caption type, or use --branch mixed)")
+        if options.method != "lora" and options.init_from:
+            raise ValueError(f"--init-from loads LoRA adapters and needs --method lora, not {options.method}")
         self.options = options
         self.model: Optional[nn.Module] = None
         self.first_step = 0
@@ -133,9 +156,8 @@ class TrainerHooks:
 
     def create_model_and_transforms(self, model_name: str, pretrained: Optional[str] = None, **kwargs):
         branches, _ = _BRANCH_LAYOUT[self.options.branch]
-        if self.options.method == "full":
-            base_name = get_tclip_config(model_name)["base_model"] if model_name in list_tclip_models() else model_name
-            model, pp_train, pp_val = open_clip.create_model_and_transforms(base_name, pretrained or None, **kwargs)
+        if self.options.method != "lora":
+            model, pp_train, pp_val = self._create_baseline(model_name, pretrained or None, kwargs)
             self._clip_groups = {"model": [p for p in model.parameters() if p.requires_grad]}
         else:
             name = self._tclip_name(model_name)
@@ -147,6 +169,28 @@ class TrainerHooks:
                                      if p.requires_grad and (n.endswith("." + b) or n == f"logit_scales.{b}")]
                                  for b in model.branches}
         self.model = model
+        return model, pp_train, pp_val
+
+    def _create_baseline(self, model_name: str, pretrained: Optional[str], kwargs: dict):
+        """The base CLIP of ``model_name`` (a T-CLIP name stands for its base), wrapped for the method."""
+        base_name = get_tclip_config(model_name)["base_model"] if model_name in list_tclip_models() else model_name
+        tag_cfg = open_clip.get_pretrained_cfg(base_name, pretrained) if pretrained else {}
+        if tag_cfg.get("quick_gelu"):  # OpenAI's weights were trained with QuickGELU, ViT-B-16's JSON says GELU
+            kwargs = dict(kwargs, force_quick_gelu=True)
+        base, pp_train, pp_val = open_clip.create_model_and_transforms(base_name, pretrained, **kwargs)
+        method = self.options.method
+        if method == "clip-adapter":
+            model = ClipAdapterModel(base, alpha=self.options.clip_adapter_alpha,
+                                     reduction=self.options.clip_adapter_reduction,
+                                     output_dict=bool(kwargs.get("output_dict")))
+        elif method == "declip":
+            model = DeclipModel(base, self.options.declip, output_dict=bool(kwargs.get("output_dict")))
+        else:
+            model = base
+        recorded = os.path.abspath(pretrained) if pretrained and os.path.exists(pretrained) else pretrained
+        model.tclip_info = {"model_name": method, "base_model": base_name, "base_pretrained": recorded}
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logging.info(f"--method {method} on base {base_name}: {trainable:,} trainable parameters")
         return model, pp_train, pp_val
 
     @staticmethod
@@ -189,10 +233,15 @@ class TrainerHooks:
 
     # ------------------------------------------------------------------ loss
     def create_loss(self, args):
+        clip_loss_args = dict(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, cache_labels=True,
+                              rank=args.rank, world_size=args.world_size, use_horovod=args.horovod)
         if self.options.branch == "both" and self.options.method == "lora":
-            loss = DualBranchClipLoss(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad,
-                                      cache_labels=True, rank=args.rank, world_size=args.world_size,
-                                      use_horovod=args.horovod)
+            loss = DualBranchClipLoss(**clip_loss_args)
+        elif self.options.method == "declip":
+            if getattr(args, "accum_freq", 1) != 1:
+                raise ValueError("--method declip does not support --accum-freq > 1 (open_clip_train would "
+                                 "concatenate the queue snapshots of the accumulated batches)")
+            loss = DeclipLoss(self.options.declip, **clip_loss_args)
         else:
             loss = self._originals["create_loss"](args)
         return FiniteLossGuard(loss, first_step=self.first_step)
@@ -211,22 +260,25 @@ class TrainerHooks:
             return torch.save(obj, f, *args, **kwargs)
         path = Path(f)
         run_dir = path.parent.parent
-        if self.options.method == "lora":
+        epoch_save = path.name != "tmp.pt"  # the save-most-recent copy repeats an epoch save
+        if self.options.method in ("lora", "clip-adapter"):  # frozen backbone: never saved
             torch.save(slim_checkpoint(obj, self.model), f, *args, **kwargs)
-            if path.name != "tmp.pt":  # the save-most-recent copy repeats an epoch save
+            if epoch_save:
                 self._write_adapters(path.with_name(path.stem + "_adapters"))
             self._write_adapters(run_dir / "adapters")
-        else:
+        else:  # full, declip: everything trains; the checkpoint also keeps DeCLIP's momentum state
             torch.save(obj, f, *args, **kwargs)
-            export_path = run_dir / "model.safetensors"
-            from safetensors.torch import save_file
-            state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-            save_file(state, str(export_path))
+            if epoch_save:
+                save_openclip_weights(self.model, path.with_name(f"{path.stem}_{EXPORT_NAME}"))
+            save_openclip_weights(self.model, run_dir / EXPORT_NAME)
 
     def _write_adapters(self, folder: Path) -> None:
         """Write to a fresh temporary folder, then swap it in, so readers never see half a folder."""
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
-        save_adapters(self.model, tmp)
+        if isinstance(self.model, ClipAdapterModel):
+            save_clip_adapter(self.model, tmp)
+        else:
+            save_adapters(self.model, tmp)
         if folder.exists():
             old = folder.with_name(folder.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
@@ -253,6 +305,10 @@ class TrainerHooks:
                 for p in scales.values():
                     p.clamp_(0, MAX_LOGIT_SCALE)
 
+    def _update_momentum(self, optimizer, args, kwargs):
+        if isinstance(self.model, DeclipModel):
+            self.model.update_momentum()
+
     # ------------------------------------------------------------------ install
     @contextlib.contextmanager
     def installed(self) -> Iterator["TrainerHooks"]:
@@ -268,7 +324,8 @@ class TrainerHooks:
         }
         self._originals = {name: getattr(trainer_main, name) for name in replacements}
         handles = [register_optimizer_step_pre_hook(self._clip_per_branch),
-                   register_optimizer_step_post_hook(self._clamp_temperatures)]
+                   register_optimizer_step_post_hook(self._clamp_temperatures),
+                   register_optimizer_step_post_hook(self._update_momentum)]
         for name, value in replacements.items():
             setattr(trainer_main, name, value)
         root = logging.getLogger()

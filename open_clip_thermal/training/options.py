@@ -10,7 +10,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ..lora import TARGETS, TOWERS, LoRAConfig
-from .hooks import BRANCH_MODES, TrainOptions
+from ..baselines import DeclipConfig
+from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION
+from .hooks import BRANCH_MODES, METHODS, TrainOptions
 
 # The paper's training recipe. lr and weight decay are not legible in the paper: 1e-4 and 0.01 are
 # common LoRA choices (the adapters start at zero, so a larger lr than full fine-tuning is safe).
@@ -35,8 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Which LoRA branch(es) to train: 'global' on global captions, 'fine_grained' on "
                         "fine-grained captions, 'mixed' one branch on either caption type 50:50 (seeded), "
                         "'both' the global and fine-grained branches at once on one data stream. Default: global.")
-    g.add_argument("--method", choices=("lora", "full"), default="lora",
-                   help="'lora' (T-CLIP) or 'full' fine-tuning of the whole CLIP (baseline). Default: lora.")
+    g.add_argument("--method", choices=METHODS, default="lora",
+                   help="'lora' (T-CLIP), or a baseline (docs/baselines.md): 'full' fine-tuning of the whole CLIP, "
+                        "'clip-adapter' (frozen CLIP + a residual bottleneck adapter on the image embedding), "
+                        "'declip' (full fine-tuning + nearest-neighbour losses against a momentum encoder). "
+                        "Baselines use the base of a tclip-* --model (or a stock OpenCLIP --model) and one caption "
+                        "type (--branch global, fine_grained or mixed). Default: lora.")
     g.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r. Default: 8 (paper).")
     g.add_argument("--lora-alpha", type=float, default=1.0, help="LoRA alpha (update scaled by alpha/r). Default: 1.")
     g.add_argument("--lora-dropout", type=float, default=0.0, help="Dropout on the LoRA input. Default: 0.")
@@ -45,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-towers", choices=TOWERS, default="both", help="Towers with LoRA. Default: both.")
     g.add_argument("--lora-last-k", type=int, default=None,
                    help="Adapt only the last k blocks of each tower (default: all blocks).")
+    _add_baseline_flags(parser)
     g.add_argument("--max-steps", type=int, default=None,
                    help="Train for this many optimiser steps (the paper: 10,000) instead of --epochs; the run "
                         "is cut into epochs of --steps-per-epoch steps, each a checkpoint/resume point.")
@@ -67,6 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_baseline_flags(parser: argparse.ArgumentParser) -> None:
+    d = DeclipConfig()
+    b = parser.add_argument_group("Baselines (--method clip-adapter / declip)")
+    b.add_argument("--clip-adapter-alpha", type=float, default=DEFAULT_ALPHA,
+                   help="CLIP-Adapter residual ratio: image embedding = alpha * adapter(f) + (1 - alpha) * f. "
+                        f"Default: {DEFAULT_ALPHA}.")
+    b.add_argument("--clip-adapter-reduction", type=int, default=DEFAULT_REDUCTION,
+                   help=f"CLIP-Adapter bottleneck reduction (hidden width = embed dim / this). Default: {DEFAULT_REDUCTION}.")
+    b.add_argument("--declip-queue-size", type=int, default=d.queue_size,
+                   help=f"DeCLIP: momentum image/text embeddings kept in each FIFO queue. Default: {d.queue_size}.")
+    b.add_argument("--declip-momentum", type=float, default=d.momentum,
+                   help=f"DeCLIP: EMA decay of the momentum encoder, updated after every optimizer step. "
+                        f"Default: {d.momentum}.")
+    b.add_argument("--declip-nn-temperature", type=float, default=d.nn_temperature,
+                   help=f"DeCLIP: temperature of the nearest-neighbour InfoNCE over the queue. Default: {d.nn_temperature}.")
+    b.add_argument("--declip-image-nn-weight", type=float, default=d.image_nn_weight,
+                   help=f"DeCLIP: weight of the image-image nearest-neighbour loss. Default: {d.image_nn_weight}.")
+    b.add_argument("--declip-text-nn-weight", type=float, default=d.text_nn_weight,
+                   help=f"DeCLIP: weight of the text-text nearest-neighbour loss. Default: {d.text_nn_weight}.")
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:
     """Split ``argv`` into our namespace and the open_clip_train remainder (preset flags first)."""
     argv = list(argv) if argv is not None else []
@@ -86,9 +114,16 @@ def train_options(ours: argparse.Namespace) -> TrainOptions:
     targets = tuple(t.strip() for t in ours.lora_targets.split(",") if t.strip())
     lora = LoRAConfig(rank=ours.lora_rank, alpha=ours.lora_alpha, dropout=ours.lora_dropout, targets=targets,
                       towers=ours.lora_towers, last_k_blocks=ours.lora_last_k)
+    try:
+        declip = DeclipConfig(queue_size=ours.declip_queue_size, momentum=ours.declip_momentum,
+                              nn_temperature=ours.declip_nn_temperature, image_nn_weight=ours.declip_image_nn_weight,
+                              text_nn_weight=ours.declip_text_nn_weight)
+    except ValueError as e:  # a bad --declip-* value: one line, like argparse errors
+        raise SystemExit(f"open_clip_thermal.train: {e}") from None
     return TrainOptions(branch=ours.branch, method=ours.method, lora=lora, init_from=ours.init_from,
                         grad_clip_norm=ours.grad_clip_norm, thermal_norm=ours.thermal_norm,
-                        strict_data=ours.strict_data)
+                        strict_data=ours.strict_data, clip_adapter_alpha=ours.clip_adapter_alpha,
+                        clip_adapter_reduction=ours.clip_adapter_reduction, declip=declip)
 
 
 def _flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
