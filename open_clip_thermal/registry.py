@@ -167,12 +167,15 @@ def create_model(model_name: str, pretrained: Optional[str] = None, **kwargs: An
         return create_tclip_model(model_name, pretrained, **kwargs)
     # Trained baselines that are not plain OpenCLIP weights (docs/baselines.md): 'clip-adapter' is a
     # frozen base + adapter folder; the folder records the base, so the name carries no architecture.
-    from .baselines import BASELINE_MODELS, CLIP_ADAPTER_MODEL, clip_adapter_folder
+    from .baselines import BASELINE_MODELS, CLIP_ADAPTER_MODEL, clip_adapter_folder, exported_with_quick_gelu
     if model_name in BASELINE_MODELS:
         return BASELINE_MODELS[model_name](pretrained, **kwargs)
     if isinstance(pretrained, (str, os.PathLike)) and clip_adapter_folder(pretrained) is not None:
         raise ValueError(f"pretrained={pretrained!r} is a CLIP-Adapter folder; load it with "
                          f"create_model({CLIP_ADAPTER_MODEL!r}, pretrained=...), not {model_name!r}")
+    # full/declip exports of an OpenAI-initialised base record that they ran with QuickGELU
+    if "force_quick_gelu" not in kwargs and exported_with_quick_gelu(pretrained):
+        kwargs = dict(kwargs, force_quick_gelu=True)
     return _original_create_model()(model_name, pretrained, **kwargs)
 
 

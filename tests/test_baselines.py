@@ -13,7 +13,8 @@ import open_clip_thermal as oct
 from open_clip_thermal.adapters import AdapterError
 from open_clip_thermal.baselines import (ClipAdapterModel, DeclipConfig, DeclipLoss, DeclipModel, FeatureQueue,
                                          MomentumWeights, nearest_neighbour_infonce, read_clip_adapter_config,
-                                         save_clip_adapter)
+                                         save_clip_adapter, save_openclip_weights)
+from open_clip_thermal.baselines.export import exported_with_quick_gelu, uses_quick_gelu
 from open_clip_thermal.benchmark import main as benchmark_main
 from open_clip_thermal.benchmark.variants import build_model, parse_variant
 from open_clip_thermal.train import main as train_main
@@ -202,13 +203,29 @@ def test_declip_loss_is_finite_and_weighted():
         loss(out["image_features"], out["text_features"], out["logit_scale"])
 
 
+# --------------------------------------------------------------------------- exports
+def test_export_records_quick_gelu_for_thermal_create_model(tmp_path):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = open_clip.create_model(TINY, force_quick_gelu=True).eval()
+    path = save_openclip_weights(model, tmp_path / "model.safetensors")
+    assert exported_with_quick_gelu(path)
+    loaded = oct.create_model(TINY, pretrained=str(path)).eval()
+    assert uses_quick_gelu(loaded)
+    _assert_same_embeddings(model, loaded)
+    # stock OpenCLIP cannot tell from the weights: that is why the flag is recorded
+    assert not uses_quick_gelu(oct.registry._original_create_model()(TINY, pretrained=str(path)))
+
+
 # --------------------------------------------------------------------------- training runs
 RUNS = {
     "full": ["--method", "full"],
     "clip-adapter": ["--method", "clip-adapter"],
     # decay 0: after every optimizer step the momentum encoder must equal the online weights exactly,
     # which shows the EMA hook ran after the last step
-    "declip": ["--method", "declip", "--declip-queue-size", "6", "--declip-momentum", "0"],
+    "declip": ["--method", "declip", "--declip-queue-size", "6", "--declip-momentum", "0",
+               "--max-steps", "4", "--steps-per-epoch", "2"],  # two epochs: a resume point in between
 }
 
 
@@ -216,7 +233,7 @@ RUNS = {
 def runs(tmp_path_factory, shards, base_checkpoint):
     """One two-step training per baseline: method -> (trained model in eval mode, run folder)."""
     logs = tmp_path_factory.mktemp("runs")
-    return {method: _train(logs, method, shards, base_checkpoint, *flags, "--max-steps", "2")
+    return {method: _train(logs, method, shards, base_checkpoint, "--max-steps", "2", *flags)
             for method, flags in RUNS.items()}
 
 
@@ -250,7 +267,7 @@ def test_clip_adapter_run_writes_folder_that_reloads(runs, base_checkpoint):
 
 def test_declip_run_completes_and_exports(runs, base_checkpoint):
     model, run = runs["declip"]
-    assert int(model.image_queue.count) == 6 and int(model.text_queue.count) == 6  # 2 steps x 4 > 6
+    assert int(model.image_queue.count) == 6 and int(model.text_queue.count) == 6  # 4 steps x 4 > 6
     ema = model.momentum.as_dict()
     assert all(torch.equal(ema[n], p.detach()) for n, p in model.online.named_parameters())
     base = torch.load(base_checkpoint, weights_only=True)
@@ -259,6 +276,15 @@ def test_declip_run_completes_and_exports(runs, base_checkpoint):
     _assert_same_embeddings(model, loaded)
     checkpoint = torch.load(run / "checkpoints" / "epoch_1.pt", weights_only=True)["state_dict"]
     assert int(checkpoint["image_queue.count"]) == 6 and "momentum.visual__proj" in checkpoint
+
+
+def test_declip_resume_reaches_the_uninterrupted_state(tmp_path, runs, shards, base_checkpoint):
+    model, run = runs["declip"]
+    resumed, _ = _train(tmp_path, "resumed", shards, base_checkpoint, "--max-steps", "2", *RUNS["declip"],
+                        "--resume", str(run / "checkpoints" / "epoch_1.pt"))
+    expected, got = model.state_dict(), resumed.state_dict()  # online, momentum and queues
+    assert expected.keys() == got.keys()
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
 
 
 def test_benchmark_evaluates_every_baseline(tmp_path, runs, shards):

@@ -14,7 +14,7 @@ from .clip_adapter_files import (CLIP_ADAPTER_FORMAT, CLIP_ADAPTER_MODEL, clip_a
                                  save_clip_adapter)
 from .declip import DeclipConfig, DeclipModel, FeatureQueue, MomentumWeights
 from .declip_loss import DeclipLoss, nearest_neighbour_infonce
-from .export import EXPORT_NAME, openclip_state_dict, save_openclip_weights
+from .export import EXPORT_NAME, exported_with_quick_gelu, openclip_state_dict, save_openclip_weights
 
 # model names open_clip_thermal.create_model builds here (not OpenCLIP architectures: the base is
 # recorded in the weights folder)
@@ -31,5 +31,5 @@ __all__ = [
     "DEFAULT_REDUCTION", "CLIP_ADAPTER_FORMAT", "CLIP_ADAPTER_MODEL", "clip_adapter_folder",
     "create_clip_adapter_model", "load_clip_adapter", "read_clip_adapter_config", "save_clip_adapter",
     "DeclipConfig", "DeclipModel", "FeatureQueue", "MomentumWeights", "DeclipLoss", "nearest_neighbour_infonce",
-    "EXPORT_NAME", "openclip_state_dict", "save_openclip_weights",
+    "EXPORT_NAME", "exported_with_quick_gelu", "openclip_state_dict", "save_openclip_weights",
 ]
