@@ -122,7 +122,7 @@ def train_branch(name: str, branch: str, model: str, base: str, shards: Dict[str
         shutil.rmtree(run_dir)
     argv = ["--model", model, "--pretrained", base, "--branch", branch, "--train-data", shards["train"],
             "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-            "--wd", "0.01", "--warmup", "20", "--grad-clip-norm", "1.0", "--workers", str(args.workers),
+            "--wd", "0.01", "--warmup", str(max(1, min(20, args.steps // 10))), "--grad-clip-norm", "1.0", "--workers", str(args.workers),
             "--seed", str(args.seed), "--precision", "fp32", "--logs", str(logs), "--name", name,
             "--log-every-n-steps", "50", "--save-frequency", "0", "--device", "cpu"]
     rc = train_main(argv)
