@@ -354,7 +354,7 @@ def make_thermal_dataloader(urls: Union[str, Sequence[str]], preprocess: Callabl
     if not resampled and shard_count < readers:
         raise ValueError(f"{shard_count} shard(s) cannot feed {max(1, num_workers)} worker(s) x {world_size} rank(s) "
                          f"= {readers} readers without resampling: convert with --min-shards {readers}, lower "
-                         f"num_workers, or pass resampled=True")
+                         f"num_workers, or sample with replacement (resampled=True; --dataset-resampled when training)")
     if num_samples is None:
         num_samples = read_dataset_size(urls)
         if num_samples is None:
