@@ -150,15 +150,36 @@ class LoRAUpdate(nn.Module, loralib.LoRALayer):
             out = full
         return out.flatten(-2) * self.scaling
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        active = self.router.active
-        if len(active) == 1:
-            return self._branch_delta(x, active[0])
+    def _split(self, x: torch.Tensor, active: Tuple[str, ...]) -> Tuple[torch.Tensor, ...]:
+        """The per-branch chunks of a batch that carries ``len(active)`` branches."""
         chunks = x.chunk(len(active), dim=self.batch_dim)
         if len(chunks) != len(active) or chunks[0].shape != chunks[-1].shape:
             raise RuntimeError(f"batch of size {x.shape[self.batch_dim]} cannot be split evenly "
                                f"across branches {active}")
+        return chunks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        active = self.router.active
+        if len(active) == 1:
+            return self._branch_delta(x, active[0])
+        chunks = self._split(x, active)
         return torch.cat([self._branch_delta(c, b) for c, b in zip(chunks, active)], dim=self.batch_dim)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """``F.linear(x, weight, bias)`` plus this update for the active branch(es).
+
+        With autograd off (inference) the update is folded into the weight per branch, which costs one
+        ``(out, in)`` weight sum instead of two extra matmuls over the activations; with autograd on the
+        update runs on the activations, so no gradient for the frozen weight is ever formed.
+        """
+        if torch.is_grad_enabled():
+            return F.linear(x, weight, bias) + self(x)
+        active = self.router.active
+        if len(active) == 1:
+            return F.linear(x, weight + self.delta_weight(active[0]).to(weight.dtype), bias)
+        chunks = self._split(x, active)
+        return torch.cat([F.linear(c, weight + self.delta_weight(b).to(weight.dtype), bias)
+                          for c, b in zip(chunks, active)], dim=self.batch_dim)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, r={self.r}, "
@@ -177,7 +198,7 @@ class LoRALinear(nn.Linear):
                                  device=base.weight.device, dtype=base.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias) + self.update(x)
+        return self.update.linear(x, self.weight, self.bias)
 
     def merge(self, branch: str) -> None:
         """Fold the branch's update into ``weight`` (for export; the model then stops being a T-CLIP)."""
@@ -247,9 +268,10 @@ class LoRAAttention(nn.Module):
             raise NotImplementedError("LoRAAttention implements self-attention only")
         x = query if self.batch_first else query.transpose(0, 1)
         n, seq, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         if self.qkv_update is not None:
-            qkv = qkv + self.qkv_update(x)
+            qkv = self.qkv_update.linear(x, self.in_proj_weight, self.in_proj_bias)
+        else:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = (t.reshape(n, seq, self.num_heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
         if self.ln_q is not None:
             q, k = self.ln_q(q), self.ln_k(k)

@@ -110,3 +110,16 @@ def test_unknown_branch_is_named():
     single = oct.add_lora(tiny_clip(), branches=("global",))
     with pytest.raises(ValueError, match="encode_text_dual"):
         single.encode_text_dual(tokens(), tokens())
+
+
+@pytest.mark.parametrize("last_k", [None, 2])
+def test_inference_folding_equals_activation_path(last_k):
+    """Without autograd the update is folded into the weights per branch; with it, it runs on activations."""
+    model = _dual(last_k=last_k)
+    x, t = images(), tokens()
+    with torch.no_grad():
+        folded = (model.branch_image_features(x), model.branch_text_features(t))
+    unfolded = (model.branch_image_features(x), model.branch_text_features(t))  # autograd on
+    for a, b in zip(folded, unfolded):
+        for branch in BRANCHES:
+            torch.testing.assert_close(a[branch], b[branch].detach(), atol=1e-6, rtol=0)
