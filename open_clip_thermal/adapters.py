@@ -125,21 +125,30 @@ def adapter_folder(path: PathLike) -> Optional[Path]:
     return None
 
 
-def read_adapter_config(folder: PathLike) -> dict:
-    """Parse and check ``adapter_config.json``; raises :class:`AdapterError` naming the file."""
+def read_config_file(folder: PathLike, expected_format: str, required: Iterable[str], what: str) -> dict:
+    """Parse ``folder/adapter_config.json`` and check its format tag and required keys.
+
+    Raises:
+        AdapterError: naming the file, for a missing file, invalid JSON, another format or a missing key.
+    """
     path = Path(folder) / CONFIG_NAME
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
-        raise AdapterError(f"no {CONFIG_NAME} in adapter folder {folder}") from None
+        raise AdapterError(f"no {CONFIG_NAME} in {what} folder {folder}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterError(f"adapter config {path} is not valid JSON: {e}") from None
-    if config.get("format") != FORMAT:
-        raise AdapterError(f"{path} is not an open_clip_thermal adapter config (format={config.get('format')!r})")
-    for key in ("base_model", "lora", "branches"):
+        raise AdapterError(f"{what} config {path} is not valid JSON: {e}") from None
+    if config.get("format") != expected_format:
+        raise AdapterError(f"{path} is not a valid {what} config (format={config.get('format')!r})")
+    for key in required:
         if key not in config:
-            raise AdapterError(f"adapter config {path} lacks {key!r}")
+            raise AdapterError(f"{what} config {path} lacks {key!r}")
     return config
+
+
+def read_adapter_config(folder: PathLike) -> dict:
+    """Parse and check ``adapter_config.json``; raises :class:`AdapterError` naming the file."""
+    return read_config_file(folder, FORMAT, ("base_model", "lora", "branches"), "open_clip_thermal adapter")
 
 
 def load_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Mapping[str, str]] = None,

@@ -19,7 +19,7 @@ their sub-layers does nothing. :class:`LoRAAttention` replaces either module wit
 same parameter names (so stock checkpoints load unchanged) and adds the per-branch updates to q, k, v.
 """
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import loralib

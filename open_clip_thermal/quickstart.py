@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 BASE_MODEL = "thermal-vit-tiny"
 BRANCH_RUNS = (  # (name, --branch, --model)

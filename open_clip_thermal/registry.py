@@ -16,7 +16,6 @@ OpenCLIP (3.x) has no plug-in hook for model classes: ``open_clip.factory.create
 """
 import functools
 import json
-import logging
 import os
 import warnings
 from pathlib import Path

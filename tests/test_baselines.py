@@ -22,23 +22,8 @@ from open_clip_thermal.training.hooks import TrainerHooks
 from open_clip_thermal.training.options import parse_args, plan_steps, train_options
 
 from model_helpers import TINY, images, tiny_clip, tokens
-from train_helpers import make_shards
+from train_helpers import TRAIN_FLAGS as COMMON
 
-COMMON = ["--batch-size", "4", "--workers", "1", "--lr", "1e-2", "--wd", "0.1", "--warmup", "1",
-          "--seed", "3", "--precision", "fp32", "--log-every-n-steps", "1"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_shards(tmp_path_factory.mktemp("data"), count=16, shards=4)
-
-
-@pytest.fixture(scope="module")
-def base_checkpoint(tmp_path_factory):
-    """Tiny base CLIP weights on disk, standing in for pretrained ones."""
-    path = tmp_path_factory.mktemp("base") / "base.pt"
-    torch.save(tiny_clip(seed=0).state_dict(), path)
-    return str(path)
 
 
 def _train(logs, name, shards, base_checkpoint, *extra):

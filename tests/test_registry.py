@@ -1,5 +1,4 @@
 """The OpenCLIP seam: registration, stock models untouched, pretrained= resolution and errors."""
-import json
 import subprocess
 import sys
 import textwrap

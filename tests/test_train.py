@@ -11,24 +11,9 @@ from safetensors.torch import load_file
 import open_clip_thermal as oct
 from open_clip_thermal.train import main as train_main
 
-from model_helpers import randomise_lora, tiny_clip
-from train_helpers import make_shards
+from model_helpers import randomise_lora
+from train_helpers import TRAIN_FLAGS as COMMON, make_shards
 
-COMMON = ["--batch-size", "4", "--workers", "1", "--lr", "1e-2", "--wd", "0.1", "--warmup", "1",
-          "--seed", "3", "--precision", "fp32", "--log-every-n-steps", "1"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_shards(tmp_path_factory.mktemp("data"), count=16, shards=4)
-
-
-@pytest.fixture(scope="module")
-def base_checkpoint(tmp_path_factory):
-    """Tiny base CLIP weights on disk, standing in for pretrained ones."""
-    path = tmp_path_factory.mktemp("base") / "base.pt"
-    torch.save(tiny_clip(seed=0).state_dict(), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

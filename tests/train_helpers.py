@@ -8,6 +8,10 @@ from PIL import Image
 
 from open_clip_thermal.convert import main as convert_main
 
+# Small, fast, deterministic open_clip_train flags for test runs.
+TRAIN_FLAGS = ["--batch-size", "4", "--workers", "1", "--lr", "1e-2", "--wd", "0.1", "--warmup", "1",
+               "--seed", "3", "--precision", "fp32", "--log-every-n-steps", "1"]
+
 
 def make_shards(root: Path, count: int = 32, shards: int = 4, with_fg: bool = True) -> str:
     """``count`` random 32x32 8-bit thermal PNGs with two captions each, in ``shards`` shards.

@@ -16,7 +16,7 @@ from typing import Optional, Union
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..adapters import CONFIG_NAME, WEIGHTS_NAME, AdapterError, _atomic_write, base_fingerprint
+from ..adapters import CONFIG_NAME, WEIGHTS_NAME, AdapterError, _atomic_write, base_fingerprint, read_config_file
 from ..version import __version__
 from .clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION, ClipAdapterModel
 
@@ -40,19 +40,7 @@ def clip_adapter_folder(path: PathLike) -> Optional[Path]:
 
 def read_clip_adapter_config(folder: PathLike) -> dict:
     """Parse and check a CLIP-Adapter ``adapter_config.json``; :class:`AdapterError` names the file."""
-    path = Path(folder) / CONFIG_NAME
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AdapterError(f"no {CONFIG_NAME} in CLIP-Adapter folder {folder}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterError(f"CLIP-Adapter config {path} is not valid JSON: {e}") from None
-    if config.get("format") != CLIP_ADAPTER_FORMAT:
-        raise AdapterError(f"{path} is not a CLIP-Adapter config (format={config.get('format')!r})")
-    for key in ("base_model", "alpha", "reduction"):
-        if key not in config:
-            raise AdapterError(f"CLIP-Adapter config {path} lacks {key!r}")
-    return config
+    return read_config_file(folder, CLIP_ADAPTER_FORMAT, ("base_model", "alpha", "reduction"), "CLIP-Adapter")
 
 
 def save_clip_adapter(model: ClipAdapterModel, folder: PathLike) -> Path:

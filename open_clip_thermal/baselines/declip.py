@@ -22,7 +22,6 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.func import functional_call
 
 from .clip_adapter import embedding_size

@@ -10,7 +10,7 @@ the same seed). Several comma-separated seeds give mean +- std.
 """
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 

@@ -41,7 +41,7 @@ import open_clip
 import torch
 import torch.nn as nn
 
-from ..adapters import export_merged, load_adapters, read_adapter_config, save_adapters
+from ..adapters import load_adapters, read_adapter_config, save_adapters
 from ..baselines import (EXPORT_NAME, ClipAdapterModel, DeclipConfig, DeclipLoss, DeclipModel, save_clip_adapter,
                          save_openclip_weights)
 from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION

@@ -1,6 +1,5 @@
 """Losses for T-CLIP training on top of OpenCLIP's ``ClipLoss``."""
-import math
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 import torch.nn as nn
