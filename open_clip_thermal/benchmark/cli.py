@@ -29,7 +29,7 @@ variant syntax: KIND[/TAG]=MODEL[:WEIGHTS[,WEIGHTS...]]
 examples:
   --variant lora-global=tclip-global:runs/g_s0,runs/g_s1,runs/g_s2
   --variant tclip=tclip-dual:runs/g_s0+runs/f_s0,runs/g_s1+runs/f_s1
-  --variant full=ViT-B-16:runs/full/epoch_10.pt
+  --variant full=ViT-B-16:runs/full/model.safetensors
 definitions (ties, repeated captions, which caption is the query): docs/benchmark.md
 """
 
