@@ -329,16 +329,23 @@ class TrainerHooks:
         for name, value in replacements.items():
             setattr(trainer_main, name, value)
         root = logging.getLogger()
-        handlers, level = list(root.handlers), root.level
+        handlers = list(root.handlers)
+        levels = {name: lg.level for name, lg in logging.Logger.manager.loggerDict.items()
+                  if isinstance(lg, logging.Logger)}
+        root_level = root.level
         try:
             yield self
         finally:
-            # open_clip_train's setup_logging adds handlers on every run; keep in-process reruns clean
+            # open_clip_train's setup_logging adds root handlers on every run and sets every existing
+            # logger (torch's included) to INFO; undo both so in-process reruns and callers stay quiet
             for handler in root.handlers[:]:
                 if handler not in handlers:
                     root.removeHandler(handler)
                     handler.close()
-            root.setLevel(level)
+            root.setLevel(root_level)
+            for name, lg in list(logging.Logger.manager.loggerDict.items()):
+                if isinstance(lg, logging.Logger):
+                    lg.setLevel(levels.get(name, logging.NOTSET))
             for name, value in self._originals.items():
                 setattr(trainer_main, name, value)
             for h in handles:
