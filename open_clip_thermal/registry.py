@@ -145,8 +145,9 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
         train_logit_scale=cfg.get("train_logit_scale", True),
         output_dict=output_dict,
     )
-    model.tclip_info = {"model_name": model_name, "base_model": cfg["base_model"],
-                        "base_pretrained": base_weights}
+    # a local checkpoint is recorded by absolute path, so adapter folders load from any working directory
+    recorded = os.path.abspath(base_weights) if base_weights and os.path.isfile(base_weights) else base_weights
+    model.tclip_info = {"model_name": model_name, "base_model": cfg["base_model"], "base_pretrained": recorded}
     if adapters is not None:
         saved_branches = read_adapter_config(adapters)["branches"]
         mapping = {b: b for b in saved_branches if b in model.branches}
