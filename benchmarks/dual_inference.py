@@ -21,14 +21,14 @@ Examples:
 """
 import argparse
 import contextlib
-import logging
 import os
 import statistics
 import time
-import warnings
 from typing import Callable, Dict, List, Optional
 
 import torch
+
+from _quiet import random_weights_quietly
 
 TARGETS = {"all": 2.05, "prefix": 1.55}  # dual time / stock time we aim to stay under
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -57,20 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch CPU threads (0: torch's default, usually one per core)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
     return parser
-
-
-@contextlib.contextmanager
-def random_weights_quietly():
-    """Silence the random-weights warnings of OpenCLIP (a log record) and T-CLIP (a UserWarning):
-    timing does not need pretrained weights, so they would only be noise."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*random weights.*")
-            yield
-    finally:
-        logging.disable(previous)
 
 
 def build_models(model_name: str, base_name: str, last_k: int, device: torch.device) -> Dict[str, torch.nn.Module]:

@@ -20,17 +20,17 @@ Examples:
 import argparse
 import contextlib
 import json
-import logging
 import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
-import warnings
 from typing import Dict, List, Optional
 
 import torch
+
+from _quiet import random_weights_quietly
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 METHODS = ("lora", "full")
@@ -62,19 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true",
                         help="also print each configuration's result as a JSON line prefixed with 'RESULT '")
     return parser
-
-
-@contextlib.contextmanager
-def random_weights_quietly():
-    """Silence OpenCLIP's and T-CLIP's random-weights warnings: timing needs no pretrained weights."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*random weights.*")
-            yield
-    finally:
-        logging.disable(previous)
 
 
 def build_model(model_name: str, method: str, device: torch.device) -> torch.nn.Module:

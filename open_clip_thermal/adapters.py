@@ -200,14 +200,19 @@ def load_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Ma
     return model
 
 
-def _load_branch(model: DualLoRAFusion, path: Path, branch: str) -> None:
+def read_weights_file(path: Path, what: str) -> Dict[str, torch.Tensor]:
+    """Load a safetensors file; :class:`AdapterError` names the file when it is missing or unreadable."""
     try:
-        tensors = load_file(str(path))
+        return load_file(str(path))
     except FileNotFoundError:
-        raise AdapterError(f"adapter weights {path} missing") from None
+        raise AdapterError(f"{what} weights {path} missing") from None
     except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterError(f"adapter weights {path} cannot be read: {e}") from None
-    expected = {k: v for k, v in _branch_tensors(model, branch).items()}
+        raise AdapterError(f"{what} weights {path} cannot be read: {e}") from None
+
+
+def _load_branch(model: DualLoRAFusion, path: Path, branch: str) -> None:
+    tensors = read_weights_file(path, "adapter")
+    expected = _branch_tensors(model, branch)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:

@@ -228,8 +228,7 @@ class DualLoRAFusion(nn.Module):
         if len(feats) == 1:
             f = next(iter(feats.values()))
             return F.normalize(f, dim=-1) if normalize else f
-        fused = fuse_features(feats, self.lam if lam is None else lam, self.fusion)
-        return fused
+        return fuse_features(feats, self.lam if lam is None else lam, self.fusion)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True, branch=None,
                      lam: Optional[float] = None) -> torch.Tensor:
@@ -293,9 +292,11 @@ class DualLoRAFusion(nn.Module):
         The model itself is left unchanged (a copy is merged).
         """
         import copy
-        branch = self._resolve(branch)[0] if branch is not None or len(self.branches) == 1 else None
         if branch is None:
-            raise ValueError(f"name the branch to merge: one of {list(self.branches)}")
+            if len(self.branches) != 1:
+                raise ValueError(f"name the branch to merge: one of {list(self.branches)}")
+            branch = self.branches[0]
+        branch = self._resolve(branch)[0]
         base = copy.deepcopy(self.base)
         for _, layer in lora_layers(base):
             layer.merge(branch)

@@ -149,7 +149,7 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
     recorded = os.path.abspath(base_weights) if base_weights and os.path.isfile(base_weights) else base_weights
     model.tclip_info = {"model_name": model_name, "base_model": cfg["base_model"], "base_pretrained": recorded}
     if adapters is not None:
-        saved_branches = read_adapter_config(adapters)["branches"]
+        saved_branches = saved["branches"]
         mapping = {b: b for b in saved_branches if b in model.branches}
         if not mapping and len(saved_branches) == 1 and len(model.branches) == 1:
             # a single-branch adapter trained under another name (e.g. 'mixed') into a single-branch model

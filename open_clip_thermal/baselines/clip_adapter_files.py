@@ -13,10 +13,10 @@ import warnings
 from pathlib import Path
 from typing import Optional, Union
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..adapters import CONFIG_NAME, WEIGHTS_NAME, AdapterError, _atomic_write, base_fingerprint, read_config_file
+from ..adapters import (CONFIG_NAME, WEIGHTS_NAME, AdapterError, _atomic_write, base_fingerprint,
+                        read_config_file, read_weights_file)
 from ..version import __version__
 from .clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION, ClipAdapterModel
 
@@ -82,12 +82,7 @@ def load_clip_adapter(model: ClipAdapterModel, folder: PathLike, strict_base: bo
         raise AdapterError(f"CLIP-Adapter {folder} was saved on other base weights than this model's "
                            f"(base_pretrained={config.get('base_pretrained')!r}); pass strict_base=False to load anyway")
     path = Path(folder) / WEIGHTS_NAME
-    try:
-        tensors = load_file(str(path))
-    except FileNotFoundError:
-        raise AdapterError(f"CLIP-Adapter weights {path} missing") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterError(f"CLIP-Adapter weights {path} cannot be read: {e}") from None
+    tensors = read_weights_file(path, "CLIP-Adapter")
     prefix = "adapter."
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     expected = model.adapter.state_dict()
