@@ -90,3 +90,21 @@ def test_bad_inputs_name_the_problem():
         first_hit_ranks(torch.full((2, 2), float("nan")), torch.eye(2))
     with pytest.raises(ValueError, match="no correct item"):
         first_hit_ranks(torch.eye(2), torch.eye(2), [0, 7], [0, 1])
+
+
+def test_chance_recalls_equal_exhaustive_enumeration_of_rankings():
+    import itertools
+    from open_clip_thermal.benchmark.retrieval import chance_recalls
+    groups = [0, 0, 1, 2, 2, 2]  # group sizes 2, 1, 3
+    n = len(groups)
+    hits = {k: 0 for k in (1, 2, 3, 6)}
+    orders = list(itertools.permutations(range(n)))
+    for order in orders:
+        for q in range(n):
+            first = next(pos for pos, item in enumerate(order) if groups[item] == groups[q])
+            for k in hits:
+                hits[k] += first < k
+    expected = {k: v / (len(orders) * n) for k, v in hits.items()}
+    got = chance_recalls(n, hits, groups)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert chance_recalls(2252, [1, 5, 100]) == pytest.approx({1: 1 / 2252, 5: 5 / 2252, 100: 100 / 2252})

@@ -176,3 +176,46 @@ def caption_groups(captions: Sequence[str]) -> List[int]:
     """Group id per caption: identical strings (after stripping whitespace) share one id."""
     ids: Dict[str, int] = {}
     return [ids.setdefault(c.strip(), len(ids)) for c in captions]
+
+
+def chance_recalls(gallery_size: int, ks: Iterable[int], groups: Optional[Sequence[int]] = None) -> Dict[int, float]:
+    """Expected Recall@K of a uniformly random ranking, the floor every table is read against.
+
+    A query whose group has ``m`` members in a gallery of ``N`` items is hit within the top ``K`` with
+    probability ``1 - C(N-m, K) / C(N, K)``; with one positive per query this is ``K / N``. The result
+    is the mean over queries (one query per gallery item, as in paired retrieval).
+
+    Args:
+        gallery_size: number of gallery items ``N``.
+        ks: K values (capped to ``N``).
+        groups: (N,) group id per item when duplicate captions count as positives; None = paired only.
+
+    Returns:
+        ``{k: expected recall}`` as fractions.
+    """
+    if gallery_size <= 0:
+        raise ValueError(f"gallery_size must be positive, got {gallery_size}")
+    if groups is None:
+        sizes = {1: gallery_size}
+    else:
+        if len(groups) != gallery_size:
+            raise ValueError(f"groups has {len(groups)} entries for a gallery of {gallery_size}")
+        per_group: Dict[int, int] = {}
+        for g in groups:
+            per_group[int(g)] = per_group.get(int(g), 0) + 1
+        sizes = {}
+        for m in per_group.values():  # each of the m members is a query whose group has m members
+            sizes[m] = sizes.get(m, 0) + m
+
+    def miss_probability(m: int, k: int) -> float:
+        # C(N-m, K) / C(N, K) = prod_{i<m} (N-K-i) / (N-i), computed in logs for large N
+        if k + m > gallery_size:
+            return 0.0
+        return math.exp(sum(math.log(gallery_size - k - i) - math.log(gallery_size - i) for i in range(m)))
+
+    result = {}
+    for k in ks:
+        k = min(int(k), gallery_size)
+        hit = sum(count * (1.0 - miss_probability(m, k)) for m, count in sizes.items())
+        result[k] = hit / gallery_size
+    return result
