@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from .fused import FUSION_MODES, fuse_branches
 from .geometry import mean_feature_angle, mean_intra_group_cosine
-from .retrieval import caption_groups, retrieval_recalls
+from .retrieval import caption_groups, chance_recalls, retrieval_recalls
 from .shards import FINE_GRAINED, GLOBAL
 from .stats import matched_pair_cosine, pairwise_welch_tests
 from .variants import REFERENCE_KIND, Row
@@ -54,12 +54,12 @@ def clip_benchmark_keys(summary: Mapping[str, Mapping[int, Mapping]]) -> Dict[st
     return keys
 
 
-def row_groups(row: Row, captions: Optional[Mapping[str, Sequence[str]]]) -> Optional[List[int]]:
-    """Hit groups of a row: pairs whose query captions (all caption types the row reads) are identical."""
-    if captions is None:
-        return None
-    types = list(dict.fromkeys(row.captions))
-    return caption_groups(["\x1f".join(captions[t][i] for t in types) for i in range(len(captions[types[0]]))])
+def duplicate_caption_groups(captions: Mapping[str, Sequence[str]]) -> List[int]:
+    """Hit groups for ``--caption-match caption``: samples whose caption record is identical in every
+    caption type (global and fine-grained alike) form one group. The same groups serve every row, so
+    single-branch and fused rows are scored under one rule."""
+    types = sorted(captions)
+    return caption_groups(["\x1f".join(captions[t][i] or "" for t in types) for i in range(len(captions[types[0]]))])
 
 
 def _row_recalls(row: Row, seeds: Sequence[Embeddings], lam: float, mode: str, ks, groups, options) -> Dict:
@@ -100,7 +100,7 @@ def _geometry(variant_rows: Sequence[Row], seeds: Sequence[Embeddings], group_la
 
 
 def evaluate(rows: Sequence[Row], embeddings: Mapping[str, Sequence[Embeddings]],
-             captions: Optional[Mapping[str, Sequence[str]]],
+             groups: Optional[Sequence[int]],
              ks: Sequence[int], lam: float, lambdas: Sequence[float], group_labels: Optional[Sequence] = None,
              alpha: float = 0.05, memory_budget_mb: float = 256.0, device: Optional[str] = None) -> Dict:
     """All benchmark numbers.
@@ -108,8 +108,8 @@ def evaluate(rows: Sequence[Row], embeddings: Mapping[str, Sequence[Embeddings]]
     Args:
         rows: table rows in display order.
         embeddings: variant name -> one embedding dict per seed.
-        captions: caption type -> caption per sample; pairs whose captions repeat count as hits for
-            each other (see ``row_groups``). None: only the paired item is a hit.
+        groups: hit group per sample, the same for every row (``duplicate_caption_groups``); None: the
+            paired item is the only hit (the paper's and CLIP_benchmark's protocol).
         ks: Recall@K values (already capped to the test-set size).
         lam: fusion weight of the global branch for the main table.
         lambdas: values for the sweep of ``tclip-dual`` rows.
@@ -119,14 +119,13 @@ def evaluate(rows: Sequence[Row], embeddings: Mapping[str, Sequence[Embeddings]]
         device: compute device for retrieval.
 
     Returns:
-        dict with ``rows``, ``vs_global_lora``, ``fusion_modes``, ``lambda_sweep``, ``thermal_gap``
+        dict with ``rows``, ``chance`` (Recall@K of a random ranking under the same hit rule), ``vs_global_lora``, ``fusion_modes``, ``lambda_sweep``, ``thermal_gap``
         and ``geometry`` (see docs/benchmark.md for the layout).
     """
     options = {"memory_budget_mb": memory_budget_mb, "device": device}
     table, fusion_modes, sweeps, cosines = [], [], {}, {}
     for row in tqdm(rows, desc="retrieval", unit="row", leave=False):
         seeds = embeddings[row.variant]
-        groups = row_groups(row, captions)
         summary = _row_recalls(row, seeds, lam, "feature", ks, groups, options)
         pair_cos = np.mean([matched_pair_cosine(*row_features(row, emb, lam)) for emb in seeds], axis=0)
         cosines[row.label] = pair_cos
@@ -161,5 +160,8 @@ def evaluate(rows: Sequence[Row], embeddings: Mapping[str, Sequence[Embeddings]]
         for variants in sources.values():
             variant_rows = [r for r in rows if r.variant == variants[0]]
             geometry[", ".join(variants)] = _geometry(variant_rows, embeddings[variants[0]], group_labels)
-    return {"rows": table, "vs_global_lora": relative_gains(table), "fusion_modes": fusion_modes,
+    n_samples = len(row_features(rows[0], embeddings[rows[0].variant][0], lam)[0])
+    chance = chance_recalls(n_samples, ks, groups)
+    return {"rows": table, "chance": {d: {k: {"mean": v, "std": None} for k, v in chance.items()} for d in DIRECTIONS},
+            "vs_global_lora": relative_gains(table), "fusion_modes": fusion_modes,
             "lambda_sweep": sweeps, "thermal_gap": gap, "geometry": geometry}

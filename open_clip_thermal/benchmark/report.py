@@ -35,9 +35,13 @@ def render_markdown(results: Mapping) -> str:
            f"{results['config']['n_samples']} test pairs from {len(results['config']['shards'])} shard(s); "
            f"fused rows use λ = {results['config']['lam']} (feature fusion). "
            "I→T: image query, caption gallery; T→I: caption query, image gallery. Recall in %, "
-           "mean ± std over seeds (no ± for a single run).", "", "## Recall@K", ""]
+           "mean ± std over seeds (no ± for a single run).", "",
+           f"Hits: {results['config']['protocol']} (`--caption-match {results['config']['caption_match']}`), "
+           "the same rule for every row. *chance* is the Recall@K of a random ranking under that rule.", "",
+           "## Recall@K", ""]
     body = [[r["label"] + (f" (n={r['n_seeds']})" if r["n_seeds"] > 1 else "")]
             + [_pct(r["recall"][d][k]) for d in DIRECTIONS for k in map(str, ks)] for r in rows]
+    body.append(["*chance*"] + [_pct(results["chance"][d][k]) for d in DIRECTIONS for k in map(str, ks)])
     gains = results["vs_global_lora"]
     if gains:
         target = next((r for r in reversed(rows) if r["kind"] == "tclip-dual"), rows[-1])
