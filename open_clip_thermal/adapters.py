@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .base_model import activation_of, check_activation, export_metadata
 from .fusion import DualLoRAFusion
 from .lora import LoRAConfig
 from .version import __version__
@@ -84,6 +85,7 @@ def adapter_config(model: DualLoRAFusion, branches: Iterable[str]) -> dict:
         "base_model": info.get("base_model"),
         "base_pretrained": info.get("base_pretrained"),
         "base_fingerprint": base_fingerprint(model),
+        "activation": activation_of(model.base),  # QuickGELU or GELU: the weights alone cannot tell
         "lora": model.lora_config.to_dict(),
         "branches": list(branches),
         "lam": model.lam,
@@ -176,6 +178,10 @@ def load_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Ma
     if info.get("base_model") and config["base_model"] != info["base_model"]:
         raise AdapterError(f"adapter {folder_path} was trained on base {config['base_model']!r}, "
                            f"this model's base is {info['base_model']!r}")
+    try:
+        check_activation(config.get("activation"), model.base, f"adapter {folder_path}")
+    except ValueError as e:
+        raise AdapterError(str(e)) from None
     saved_lora = LoRAConfig.from_dict(config["lora"])
     if saved_lora != model.lora_config:
         raise AdapterError(f"adapter {folder_path} has LoRA settings {saved_lora.to_dict()}, the model has "
@@ -234,11 +240,14 @@ def _load_branch(model: DualLoRAFusion, path: Path, branch: str) -> None:
 def export_merged(model: DualLoRAFusion, branch: Optional[str], path: PathLike) -> Path:
     """Write one branch merged into the base weights as an OpenCLIP checkpoint (``.safetensors``
     or a ``torch.save`` of the state_dict for other suffixes). Load it with
-    ``open_clip.create_model(<base model>, pretrained=path)``."""
+    ``open_clip.create_model(<base model>, pretrained=path)``. A ``.safetensors`` export records the
+    activation in its header, so ``open_clip_thermal.create_model`` rebuilds a QuickGELU base as
+    QuickGELU; stock OpenCLIP needs ``force_quick_gelu=True`` for those."""
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.merged_state_dict(branch).items()}
     if path.suffix == ".safetensors":
-        _atomic_write(path, lambda tmp: save_file(state, tmp))
+        metadata = dict(export_metadata(model), method=f"tclip-lora:{branch}")
+        _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     else:
         _atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path

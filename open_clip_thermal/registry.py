@@ -17,7 +17,6 @@ OpenCLIP (3.x) has no plug-in hook for model classes: ``open_clip.factory.create
 import functools
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -26,6 +25,7 @@ import open_clip.factory as oc_factory
 import torch.nn as nn
 
 from .adapters import AdapterError, adapter_folder, load_adapters, read_adapter_config
+from .base_model import FORCE_GELU, build_base, original_create_model, resolve_activation, set_original_create_model
 from .fusion import DualLoRAFusion
 from .lora import LoRAConfig
 
@@ -34,7 +34,6 @@ MODEL_CONFIG_DIR = _HERE / "model_configs"
 TCLIP_CONFIG_DIR = _HERE / "tclip_configs"
 
 _TCLIP_CONFIGS: Dict[str, dict] = {}
-_ORIGINAL_CREATE_MODEL = None
 
 
 def _scan_tclip_configs() -> None:
@@ -62,56 +61,84 @@ def register_tclip_model(name: str, config: dict) -> None:
     _TCLIP_CONFIGS[name] = json.loads(json.dumps(config))
 
 
-def _original_create_model():
-    return _ORIGINAL_CREATE_MODEL or oc_factory.create_model
-
-
-def _create_base(base_model: str, pretrained: Optional[str], kwargs: dict) -> nn.Module:
-    """Build the plain OpenCLIP base, with a clear error for bad ``pretrained`` values."""
-    create = _original_create_model()
+def _adapter_folders(pretrained) -> List[Path]:
+    """The adapter folders ``pretrained`` names: none, one folder, or ``'GLOBAL_DIR+FG_DIR'``."""
     if pretrained is None:
-        warnings.warn(f"T-CLIP base {base_model!r} built with random weights (pretrained=None); "
-                      "pass pretrained='openai', a base checkpoint or an adapter folder for real use",
-                      UserWarning, stacklevel=3)
-        return create(base_model, pretrained=None, **kwargs)
-    tag_cfg = oc_factory.get_pretrained_cfg(base_model, pretrained)
-    if tag_cfg:
-        # OpenAI's weights were trained with QuickGELU; ViT-B-16's JSON says GELU. Follow the weights.
-        if tag_cfg.get("quick_gelu") and "force_quick_gelu" not in kwargs:
-            kwargs = dict(kwargs, force_quick_gelu=True)
-        return create(base_model, pretrained=pretrained, **kwargs)
-    if not os.path.exists(pretrained):
-        tags = open_clip.list_pretrained_tags_by_model(base_model)
-        raise ValueError(f"pretrained={pretrained!r} is neither a known tag of base model {base_model!r} "
-                         f"(tags: {tags}), nor an existing checkpoint file or adapter folder")
-    if os.path.isdir(pretrained):
-        raise ValueError(f"pretrained={pretrained!r} is a folder without adapter_config.json; "
-                         "give a checkpoint file or an adapter folder")
-    try:
-        return create(base_model, pretrained=pretrained, **kwargs)
-    except Exception as e:  # torch.load/safetensors/state_dict errors surface from deep inside
-        raise ValueError(f"could not load base checkpoint {pretrained!r} into {base_model!r}: "
-                         f"{type(e).__name__}: {e}") from e
+        return []
+    folder = adapter_folder(pretrained)
+    if folder is not None:
+        return [folder]
+    text = str(pretrained)
+    if "+" not in text or os.path.exists(text):
+        return []
+    folders = []
+    for part in text.split("+"):
+        folder = adapter_folder(part.strip()) if part.strip() else None
+        if folder is None:
+            raise AdapterError(f"pretrained={text!r}: {part.strip()!r} is not an adapter folder "
+                               "(the 'GLOBAL_DIR+FG_DIR' form joins one single-branch folder per branch)")
+        folders.append(folder)
+    return folders
+
+
+def _branch_mapping(model_name: str, model: DualLoRAFusion, folders: List[Path], configs: List[dict],
+                    allow_zero_branch: bool) -> List[Dict[str, str]]:
+    """Per folder, saved branch -> model branch; refuses to leave a model branch untrained silently."""
+    if len(folders) > 1:
+        if len(folders) != len(model.branches):
+            raise AdapterError(f"{len(folders)} adapter folders for {model_name!r}, which has "
+                               f"{len(model.branches)} branches {list(model.branches)}: give one per branch")
+        mappings = []
+        for folder, config, target in zip(folders, configs, model.branches):
+            if len(config["branches"]) != 1:
+                raise AdapterError(f"adapter {folder} holds branches {config['branches']}; the "
+                                   "'GLOBAL_DIR+FG_DIR' form joins single-branch folders")
+            mappings.append({config["branches"][0]: target})
+        return mappings
+    saved = configs[0]["branches"]
+    mapping = {b: b for b in saved if b in model.branches}
+    if not mapping and len(saved) == 1 and len(model.branches) == 1:
+        # a single-branch adapter trained under another name (e.g. 'mixed') into a single-branch model
+        mapping = {saved[0]: model.branches[0]}
+    if not mapping:
+        raise AdapterError(f"adapter {folders[0]} holds branches {saved}; {model_name!r} has {list(model.branches)}")
+    missing = [b for b in model.branches if b not in mapping.values()]
+    if missing and not allow_zero_branch:
+        form = "+".join(f"{b.upper()}_DIR" for b in model.branches)
+        raise AdapterError(
+            f"adapter {folders[0]} holds only branch(es) {saved}, but {model_name!r} also needs {missing}: "
+            f"that branch would keep B = 0 (the plain base) and be fused in silently. Give one folder per "
+            f"branch as pretrained='{form}', or pass allow_zero_branch=True to fuse with an untrained branch "
+            "on purpose")
+    return [mapping]
 
 
 def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
                        lam: Optional[float] = None, fusion: Optional[str] = None,
                        lora: Union[None, dict, LoRAConfig] = None, base_pretrained: Optional[str] = None,
                        strict_base: bool = True, branches: Optional[List[str]] = None,
-                       **kwargs) -> DualLoRAFusion:
+                       allow_zero_branch: bool = False, **kwargs) -> DualLoRAFusion:
     """Build a registered T-CLIP model.
 
     Args:
         model_name: a T-CLIP name (``tclip-dual``, ``tclip-tiny-global``, ...).
         pretrained: an OpenCLIP tag of the base (``'openai'``), a base checkpoint file, an adapter
-            folder (its recorded base weights are loaded, then the adapters), or None (random base).
+            folder (its recorded base weights are loaded, then the adapters), ``'GLOBAL_DIR+FG_DIR'``
+            (one single-branch adapter folder per branch, in the model's branch order), or None
+            (random base).
         lam: fusion weight of the global branch (default from the config, 0.7).
         fusion: ``'feature'`` or ``'score'``.
         lora: LoRA settings overriding the config's (dict of :class:`LoRAConfig` fields or the object).
         base_pretrained: base weights to use under an adapter folder instead of the recorded ones.
         strict_base: refuse adapters whose recorded base fingerprint differs from the loaded base.
         branches: branch names overriding the config's (e.g. ``['mixed']``).
-        **kwargs: passed to ``open_clip.create_model`` for the base (precision, device, cache_dir, ...).
+        allow_zero_branch: let an adapter folder fill only some branches of the model, the others
+            staying at B = 0 (the plain base); refused by default.
+        **kwargs: passed to ``open_clip.create_model`` for the base (precision, device, cache_dir, ...);
+            ``force_gelu=True`` builds GELU on QuickGELU weights (see ``base_model``).
+
+    Raises:
+        AdapterError: folders that do not fit the model, or that leave a branch untrained.
     """
     cfg = get_tclip_config(model_name)
     if branches is not None:
@@ -119,16 +146,17 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
     if kwargs.pop("jit", False):
         raise ValueError("T-CLIP models do not support jit=True")
     output_dict = bool(kwargs.pop("output_dict", None))
-    adapters = adapter_folder(pretrained) if pretrained is not None else None
+    folders = _adapter_folders(pretrained)
     base_weights = pretrained
     lora_cfg = LoRAConfig.from_dict(cfg["lora"])
-    if adapters is not None:
-        saved = read_adapter_config(adapters)
-        if saved["base_model"] != cfg["base_model"]:
-            raise AdapterError(f"adapter {adapters} was trained on base {saved['base_model']!r}, "
-                               f"{model_name!r} uses {cfg['base_model']!r}")
-        base_weights = base_pretrained if base_pretrained is not None else saved.get("base_pretrained")
-        lora_cfg = LoRAConfig.from_dict(saved["lora"])
+    configs = [read_adapter_config(folder) for folder in folders]
+    if folders:
+        for folder, saved in zip(folders, configs):
+            if saved["base_model"] != cfg["base_model"]:
+                raise AdapterError(f"adapter {folder} was trained on base {saved['base_model']!r}, "
+                                   f"{model_name!r} uses {cfg['base_model']!r}")
+        base_weights = base_pretrained if base_pretrained is not None else configs[0].get("base_pretrained")
+        lora_cfg = LoRAConfig.from_dict(configs[0]["lora"])
         if base_weights is None:
             strict_base = False  # adapters saved on a random base cannot be matched again
     elif base_pretrained is not None:
@@ -137,7 +165,7 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
         lora_cfg = lora
     elif lora:
         lora_cfg = LoRAConfig.from_dict({**lora_cfg.to_dict(), **lora})
-    base = _create_base(cfg["base_model"], base_weights, kwargs)
+    base = build_base(cfg["base_model"], base_weights, kwargs)
     model = DualLoRAFusion(
         base, branches=cfg["branches"], lora=lora_cfg,
         lam=cfg.get("lam", 0.7) if lam is None else lam,
@@ -148,16 +176,9 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
     # a local checkpoint is recorded by absolute path, so adapter folders load from any working directory
     recorded = os.path.abspath(base_weights) if base_weights and os.path.isfile(base_weights) else base_weights
     model.tclip_info = {"model_name": model_name, "base_model": cfg["base_model"], "base_pretrained": recorded}
-    if adapters is not None:
-        saved_branches = saved["branches"]
-        mapping = {b: b for b in saved_branches if b in model.branches}
-        if not mapping and len(saved_branches) == 1 and len(model.branches) == 1:
-            # a single-branch adapter trained under another name (e.g. 'mixed') into a single-branch model
-            mapping = {saved_branches[0]: model.branches[0]}
-        if not mapping:
-            raise AdapterError(f"adapter {adapters} holds branches {saved_branches}; "
-                               f"{model_name!r} has {list(model.branches)}")
-        load_adapters(model, adapters, mapping, strict_base=strict_base)
+    if folders:
+        for folder, mapping in zip(folders, _branch_mapping(model_name, model, folders, configs, allow_zero_branch)):
+            load_adapters(model, folder, mapping, strict_base=strict_base)
     return model
 
 
@@ -167,16 +188,19 @@ def create_model(model_name: str, pretrained: Optional[str] = None, **kwargs: An
         return create_tclip_model(model_name, pretrained, **kwargs)
     # Trained baselines that are not plain OpenCLIP weights (docs/baselines.md): 'clip-adapter' is a
     # frozen base + adapter folder; the folder records the base, so the name carries no architecture.
-    from .baselines import BASELINE_MODELS, CLIP_ADAPTER_MODEL, clip_adapter_folder, exported_with_quick_gelu
+    from .baselines import BASELINE_MODELS, CLIP_ADAPTER_MODEL, clip_adapter_folder
     if model_name in BASELINE_MODELS:
         return BASELINE_MODELS[model_name](pretrained, **kwargs)
     if isinstance(pretrained, (str, os.PathLike)) and clip_adapter_folder(pretrained) is not None:
         raise ValueError(f"pretrained={pretrained!r} is a CLIP-Adapter folder; load it with "
                          f"create_model({CLIP_ADAPTER_MODEL!r}, pretrained=...), not {model_name!r}")
-    # full/declip exports of an OpenAI-initialised base record that they ran with QuickGELU
-    if "force_quick_gelu" not in kwargs and exported_with_quick_gelu(pretrained):
-        kwargs = dict(kwargs, force_quick_gelu=True)
-    return _original_create_model()(model_name, pretrained, **kwargs)
+    # Stock names keep OpenCLIP's own behaviour (it warns on a QuickGELU mismatch), except our exports:
+    # full/declip/merged exports of an OpenAI-initialised base record that they ran with QuickGELU.
+    if isinstance(pretrained, (str, os.PathLike)) and os.path.isfile(pretrained):
+        kwargs = resolve_activation(model_name, pretrained, kwargs)
+    else:
+        kwargs.pop(FORCE_GELU, None)  # stock weights: OpenCLIP's config already decides the activation
+    return original_create_model()(model_name, pretrained, **kwargs)
 
 
 def add_lora(model: nn.Module, rank: int = 8, alpha: float = 1.0, dropout: float = 0.0,
@@ -204,25 +228,24 @@ _patched_create_model._open_clip_thermal = True
 
 def install() -> None:
     """Register configs with OpenCLIP and route ``create_model`` through :func:`create_model` (idempotent)."""
-    global _ORIGINAL_CREATE_MODEL
     _scan_tclip_configs()
     if str(MODEL_CONFIG_DIR) not in map(str, oc_factory._MODEL_CONFIG_PATHS):
         open_clip.add_model_config(MODEL_CONFIG_DIR)
     if getattr(oc_factory.create_model, "_open_clip_thermal", False):
         return
-    _ORIGINAL_CREATE_MODEL = oc_factory.create_model
+    set_original_create_model(oc_factory.create_model)
     oc_factory.create_model = _patched_create_model
     open_clip.create_model = _patched_create_model
 
 
 def uninstall() -> None:
     """Restore OpenCLIP's own ``create_model`` (the JSON configs stay registered)."""
-    global _ORIGINAL_CREATE_MODEL
-    if _ORIGINAL_CREATE_MODEL is None:
+    if not is_installed():
         return
-    oc_factory.create_model = _ORIGINAL_CREATE_MODEL
-    open_clip.create_model = _ORIGINAL_CREATE_MODEL
-    _ORIGINAL_CREATE_MODEL = None
+    original = original_create_model()
+    oc_factory.create_model = original
+    open_clip.create_model = original
+    set_original_create_model(None)
 
 
 def is_installed() -> bool:

@@ -15,6 +15,7 @@ from open_clip_thermal.baselines import (ClipAdapterModel, DeclipConfig, DeclipL
                                          MomentumWeights, nearest_neighbour_infonce, read_clip_adapter_config,
                                          save_clip_adapter, save_openclip_weights)
 from open_clip_thermal.baselines.export import exported_with_quick_gelu, uses_quick_gelu
+from open_clip_thermal.base_model import original_create_model
 from open_clip_thermal.benchmark import main as benchmark_main
 from open_clip_thermal.benchmark.variants import build_model, parse_variant
 from open_clip_thermal.train import main as train_main
@@ -200,7 +201,7 @@ def test_export_records_quick_gelu_for_thermal_create_model(tmp_path):
     assert uses_quick_gelu(loaded)
     _assert_same_embeddings(model, loaded)
     # stock OpenCLIP cannot tell from the weights: that is why the flag is recorded
-    assert not uses_quick_gelu(oct.registry._original_create_model()(TINY, pretrained=str(path)))
+    assert not uses_quick_gelu(original_create_model()(TINY, pretrained=str(path)))
 
 
 # --------------------------------------------------------------------------- training runs

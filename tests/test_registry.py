@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import open_clip_thermal as oct
-from open_clip_thermal import registry
+from open_clip_thermal import base_model, registry
 
 from model_helpers import TINY, images
 
@@ -118,10 +118,10 @@ def test_openai_tag_reaches_openclip_download_path(monkeypatch):
         torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return oc_factory.create_model.__wrapped__(TINY) if hasattr(oc_factory.create_model, "__wrapped__") \
-                else registry._ORIGINAL_CREATE_MODEL(TINY)
+            return real_original(TINY)
 
-    monkeypatch.setattr(registry, "_ORIGINAL_CREATE_MODEL", fake_original)
+    real_original = base_model.original_create_model()
+    monkeypatch.setattr(base_model, "_original_create_model", fake_original)
     model = open_clip.create_model("tclip-dual", pretrained="openai", precision="fp32")
     assert calls == [("ViT-B-16", "openai", {"precision": "fp32", "force_quick_gelu": True})]
     assert model.tclip_info == {"model_name": "tclip-dual", "base_model": "ViT-B-16", "base_pretrained": "openai"}

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from ..adapters import (CONFIG_NAME, WEIGHTS_NAME, AdapterError, _atomic_write, base_fingerprint,
                         read_config_file, read_weights_file)
+from ..base_model import activation_of, build_base, check_activation
 from ..version import __version__
 from .clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION, ClipAdapterModel
 
@@ -55,6 +56,7 @@ def save_clip_adapter(model: ClipAdapterModel, folder: PathLike) -> Path:
         "base_model": info.get("base_model"),
         "base_pretrained": info.get("base_pretrained"),
         "base_fingerprint": base_fingerprint(model),
+        "activation": activation_of(model.base),
         "alpha": model.alpha,
         "reduction": model.reduction,
         "embed_dim": model.adapter.up.out_features,
@@ -77,6 +79,10 @@ def load_clip_adapter(model: ClipAdapterModel, folder: PathLike, strict_base: bo
     if (config["alpha"], config["reduction"]) != (model.alpha, model.reduction):
         raise AdapterError(f"CLIP-Adapter {folder} has alpha={config['alpha']}, reduction={config['reduction']}; "
                            f"the model has alpha={model.alpha}, reduction={model.reduction}")
+    try:
+        check_activation(config.get("activation"), model.base, f"CLIP-Adapter {folder}")
+    except ValueError as e:
+        raise AdapterError(str(e)) from None
     fingerprint = config.get("base_fingerprint")
     if strict_base and fingerprint and fingerprint != base_fingerprint(model):
         raise AdapterError(f"CLIP-Adapter {folder} was saved on other base weights than this model's "
@@ -116,7 +122,6 @@ def create_clip_adapter_model(pretrained: Optional[str] = None, *, base_model: O
     Raises:
         AdapterError: ``pretrained`` is not a CLIP-Adapter folder, or the folder does not fit.
     """
-    from ..registry import _create_base
     if kwargs.pop("jit", False):
         raise ValueError("CLIP-Adapter models do not support jit=True")
     output_dict = bool(kwargs.pop("output_dict", None))
@@ -141,7 +146,7 @@ def create_clip_adapter_model(pretrained: Optional[str] = None, *, base_model: O
     with warnings.catch_warnings():
         if config is not None:  # a random base under a folder is what was trained; no need to warn
             warnings.simplefilter("ignore", UserWarning)
-        base = _create_base(base_model, base_pretrained, kwargs)
+        base = build_base(base_model, base_pretrained, kwargs)
     model = ClipAdapterModel(base, alpha=DEFAULT_ALPHA if alpha is None else alpha,
                              reduction=DEFAULT_REDUCTION if reduction is None else reduction, output_dict=output_dict)
     model.tclip_info = {"model_name": CLIP_ADAPTER_MODEL, "base_model": base_model, "base_pretrained": base_pretrained}

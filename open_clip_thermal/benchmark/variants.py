@@ -121,23 +121,19 @@ def needed_embeddings(row: Row) -> List[Tuple[Optional[str], str]]:
 
 
 def _thermal_create(model_name: str, pretrained: Optional[str]) -> torch.nn.Module:
-    try:
-        from open_clip_thermal import create_model
-    except ImportError:  # model module not installed yet: plain OpenCLIP names still work
-        from open_clip import create_model
+    from open_clip_thermal import create_model
     return create_model(model_name, pretrained=pretrained)
 
 
+def _zeroshot_create(model_name: str, pretrained: Optional[str]) -> torch.nn.Module:
+    """The stock base CLIP, with the activation its weights were trained with ('openai' -> QuickGELU)."""
+    from open_clip_thermal.base_model import build_base
+    return build_base(model_name, pretrained, {})
+
+
 def _load_pair(model_name: str, global_dir: str, fg_dir: str) -> torch.nn.Module:
-    """A dual model from two single-branch adapter folders of one seed."""
-    from open_clip_thermal.adapters import load_adapters, read_adapter_config
-    model = _thermal_create(model_name, global_dir)
-    for folder, target in ((global_dir, GLOBAL), (fg_dir, FINE_GRAINED)):
-        saved = read_adapter_config(folder)["branches"]
-        if len(saved) != 1:
-            raise BenchmarkError(f"{folder} holds branches {saved}; a GLOBAL+FG pair needs single-branch folders")
-        load_adapters(model, folder, {saved[0]: target})
-    return model
+    """A dual model from two single-branch adapter folders of one seed (the registry's 'G+F' form)."""
+    return _thermal_create(model_name, f"{global_dir}+{fg_dir}")
 
 
 def _short(message: str, limit: int = 400) -> str:
@@ -180,8 +176,7 @@ def build_model(spec: VariantSpec, seed: Tuple[Optional[str], ...]) -> torch.nn.
     torch.manual_seed(0)
     try:
         if spec.kind == "zeroshot":
-            import open_clip
-            model = open_clip.create_model(spec.model, pretrained=seed[0])
+            model = _zeroshot_create(spec.model, seed[0])
         elif len(seed) == 2:
             model = _load_pair(spec.model, seed[0], seed[1])
         else:

@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from ..adapters import load_adapters, read_adapter_config, save_adapters
+from ..base_model import FORCE_GELU, resolve_activation
 from ..baselines import (EXPORT_NAME, ClipAdapterModel, DeclipConfig, DeclipLoss, DeclipModel, save_clip_adapter,
                          save_openclip_weights)
 from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION
@@ -75,6 +76,7 @@ class TrainOptions:
     init_from: Optional[str] = None  # adapter folder to start the branch(es) from
     grad_clip_norm: Optional[float] = None  # per branch
     thermal_norm: str = "percentile"
+    force_gelu: bool = False  # GELU on QuickGELU weights (base_model.resolve_activation)
     strict_data: bool = False
 
 
@@ -162,7 +164,8 @@ class TrainerHooks:
         else:
             name = self._tclip_name(model_name)
             model, pp_train, pp_val = open_clip.create_model_and_transforms(
-                name, pretrained or None, lora=self.options.lora, branches=list(branches), **kwargs)
+                name, pretrained or None, lora=self.options.lora, branches=list(branches),
+                **{**kwargs, FORCE_GELU: self.options.force_gelu})
             if self.options.init_from:
                 self._init_from(model, self.options.init_from)
             self._clip_groups = {b: [p for n, p in model.named_parameters()
@@ -174,9 +177,7 @@ class TrainerHooks:
     def _create_baseline(self, model_name: str, pretrained: Optional[str], kwargs: dict):
         """The base CLIP of ``model_name`` (a T-CLIP name stands for its base), wrapped for the method."""
         base_name = get_tclip_config(model_name)["base_model"] if model_name in list_tclip_models() else model_name
-        tag_cfg = open_clip.get_pretrained_cfg(base_name, pretrained) if pretrained else {}
-        if tag_cfg.get("quick_gelu"):  # OpenAI's weights were trained with QuickGELU, ViT-B-16's JSON says GELU
-            kwargs = dict(kwargs, force_quick_gelu=True)
+        kwargs = resolve_activation(base_name, pretrained, {**kwargs, FORCE_GELU: self.options.force_gelu})
         base, pp_train, pp_val = open_clip.create_model_and_transforms(base_name, pretrained, **kwargs)
         method = self.options.method
         if method == "clip-adapter":

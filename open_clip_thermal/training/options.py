@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "branches). Default: no clipping (1.0 with --preset paper).")
     g.add_argument("--thermal-norm", choices=("percentile", "minmax", "fixed"), default="percentile",
                    help="Normalisation of >8-bit thermal frames (see docs/data.md). Default: percentile.")
+    g.add_argument("--force-gelu", action="store_true",
+                   help="Build the base with GELU even when its --pretrained weights were trained with QuickGELU "
+                        "(every 'openai' tag). Without it, such weights always get QuickGELU, whatever "
+                        "--force-quick-gelu says; with it the features differ from the released model's.")
     g.add_argument("--strict-data", action="store_true",
                    help="Stop at the first undecodable sample instead of skipping and counting it.")
     return parser
@@ -122,7 +126,7 @@ def train_options(ours: argparse.Namespace) -> TrainOptions:
         raise SystemExit(f"open_clip_thermal.train: {e}") from None
     return TrainOptions(branch=ours.branch, method=ours.method, lora=lora, init_from=ours.init_from,
                         grad_clip_norm=ours.grad_clip_norm, thermal_norm=ours.thermal_norm,
-                        strict_data=ours.strict_data, clip_adapter_alpha=ours.clip_adapter_alpha,
+                        strict_data=ours.strict_data, force_gelu=ours.force_gelu, clip_adapter_alpha=ours.clip_adapter_alpha,
                         clip_adapter_reduction=ours.clip_adapter_reduction, declip=declip)
 
 
