@@ -119,3 +119,46 @@ def test_missing_keys_and_corrupt_weights_are_named(tmp_path, base_ckpt):
     (folder / CONFIG_NAME).write_text("{")
     with pytest.raises(AdapterError, match="not valid JSON"):
         oct.load_adapters(model, folder)
+
+
+# --------------------------------------------------------------------------- single-branch folders in a dual model
+def _single_branch_folders(tmp_path, base_ckpt):
+    folders = {}
+    for seed, (name, branch) in enumerate((("tclip-tiny-global", "global"), ("tclip-tiny-fg", "fine_grained"))):
+        model = open_clip.create_model(name, pretrained=base_ckpt)
+        randomise_lora(model, seed=10 + seed)
+        folders[branch] = (oct.save_adapters(model, tmp_path / branch), model.eval())
+    return folders
+
+
+def test_dual_model_refuses_one_single_branch_folder(tmp_path, base_ckpt):
+    folders = _single_branch_folders(tmp_path, base_ckpt)
+    with pytest.raises(AdapterError, match=r"also needs \['fine_grained'\].*GLOBAL_DIR\+FINE_GRAINED_DIR"):
+        open_clip.create_model("tclip-tiny-dual", pretrained=str(folders["global"][0]))
+    with pytest.raises(AdapterError, match=r"also needs \['global'\]"):
+        open_clip.create_model("tclip-tiny-dual", pretrained=str(folders["fine_grained"][0]))
+
+
+def test_dual_model_from_one_folder_per_branch(tmp_path, base_ckpt):
+    folders = _single_branch_folders(tmp_path, base_ckpt)
+    (g_dir, g_model), (f_dir, f_model) = folders["global"], folders["fine_grained"]
+    dual = open_clip.create_model("tclip-tiny-dual", pretrained=f"{g_dir}+{f_dir}").eval()
+    x, t = images(), tokens()
+    with torch.no_grad():
+        assert torch.equal(dual.encode_image(x, branch="global"), g_model.encode_image(x, branch="global"))
+        assert torch.equal(dual.encode_text(t, branch="fine_grained"), f_model.encode_text(t, branch="fine_grained"))
+    with pytest.raises(AdapterError, match="is not an adapter folder"):
+        open_clip.create_model("tclip-tiny-dual", pretrained=f"{g_dir}+{tmp_path / 'nowhere'}")
+    with pytest.raises(AdapterError, match="give one per branch"):
+        open_clip.create_model("tclip-tiny-global", pretrained=f"{g_dir}+{f_dir}")
+
+
+def test_zero_branch_only_on_request(tmp_path, base_ckpt):
+    folders = _single_branch_folders(tmp_path, base_ckpt)
+    dual = open_clip.create_model("tclip-tiny-dual", pretrained=str(folders["global"][0]), allow_zero_branch=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stock = open_clip.create_model(TINY, pretrained=base_ckpt).eval()
+    with torch.no_grad():  # the untrained branch is the plain base
+        torch.testing.assert_close(dual.eval().encode_image(images(), branch="fine_grained"),
+                                   stock.encode_image(images(), normalize=True), atol=1e-5, rtol=1e-5)

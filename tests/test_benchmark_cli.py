@@ -19,8 +19,9 @@ needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="open_clip_thermal model
 N_SAMPLES = 12
 
 
-def write_shards(folder, with_fg=True, count=N_SAMPLES):
-    """Two shards of 64x64 8-bit thermal PNGs; captions repeat for samples 10 and 11."""
+def write_shards(folder, with_fg=True, count=N_SAMPLES, repeat_fg=False):
+    """Two shards of 64x64 8-bit thermal PNGs; global captions repeat for samples 10 and 11 (and their
+    fine-grained captions too with ``repeat_fg``)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     with wds.ShardWriter(str(folder / "test-test-%06d.tar"), maxcount=count // 2 + 1, verbose=0) as sink:
@@ -31,7 +32,7 @@ def write_shards(folder, with_fg=True, count=N_SAMPLES):
             sample = {"__key__": f"s{i:04d}", "png": buffer.getvalue(), "txt": caption,
                       "json": json.dumps({"id": f"s{i}", "split": "test", "time_of_day": "day" if i % 2 else "night"})}
             if with_fg:
-                sample["fg.txt"] = caption + f", with a warm engine block number {i % 5}"
+                sample["fg.txt"] = caption + f", with a warm engine block number {0 if repeat_fg and i >= 10 else i % 5}"
             sink.write(sample)
     return sorted(str(p) for p in folder.glob("*.tar"))
 
@@ -119,6 +120,27 @@ def test_zeroshot_end_to_end_with_cache(tmp_path):
     with pytest.warns(UserWarning):
         assert main(argv) == 0
     assert len(list((out / "embedding_cache").glob("*.npy"))) == 6
+
+
+def test_one_hit_rule_for_every_row_with_chance_beside_it(tmp_path):
+    urls = write_shards(tmp_path / "shards", repeat_fg=True)
+    base = ["--data", *urls, "--base-model", "thermal-vit-tiny", "--base-pretrained", "none", "--recall-k", "1,5",
+            "--no-plots", "--group-field", ""]
+    assert main(base + ["--out", str(tmp_path / "pair")]) == 0  # the default: the paper's protocol
+    pair = json.loads((tmp_path / "pair" / "results.json").read_text())
+    assert pair["config"]["caption_match"] == "pair" and pair["config"]["protocol"] == "paired item only"
+    assert pair["chance"]["image_to_text"]["1"]["mean"] == pytest.approx(1 / 12)
+    assert pair["chance"]["text_to_image"]["5"]["mean"] == pytest.approx(5 / 12)
+    md = (tmp_path / "pair" / "results.md").read_text()
+    assert "Hits: paired item only (`--caption-match pair`)" in md and "| *chance* | 8.33 | 41.67 | 8.33 | 41.67 |" in md
+    assert main(base + ["--out", str(tmp_path / "caption"), "--caption-match", "caption"]) == 0
+    grouped = json.loads((tmp_path / "caption" / "results.json").read_text())
+    assert grouped["config"]["caption_match"] == "caption"
+    # samples 10 and 11 share both captions: their queries have two positives, the other ten one
+    assert grouped["chance"]["image_to_text"]["1"]["mean"] == pytest.approx((10 * 1 / 12 + 2 * 2 / 12) / 12)
+    for p_row, g_row in zip(pair["rows"], grouped["rows"]):  # grouping can only add hits, in every row alike
+        for d in ("image_to_text", "text_to_image"):
+            assert all(g_row["recall"][d][k]["mean"] >= p_row["recall"][d][k]["mean"] for k in ("1", "5"))
 
 
 @needs_model
