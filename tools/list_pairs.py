@@ -2,13 +2,42 @@
 
 Example:
     python tools/list_pairs.py --dataset kaist --root /data/kaist --output kaist_pairs.jsonl
+
+Splits are the T-CLIP paper's (KAIST train / test (test-all-20) / test-all, FLIR train / test, FMB
+train / test; see docs/data.md). Exit status 1, with a message naming the expected layout, when the
+root holds no pair of that layout (or none in a requested split); nothing is written then.
+Per-split counts are printed to stderr at the end, e.g. ``test: 2252``.
 """
 import argparse
+import importlib.util
 import json
 import sys
+from pathlib import Path
+from types import ModuleType
 from typing import List, Optional
 
-from open_clip_thermal.data.layouts import LAYOUTS, list_pairs
+
+def _load_layouts() -> ModuleType:
+    """``open_clip_thermal.data.layouts``, read from its file when the tool runs from the repository.
+
+    The module needs only the standard library, while importing the package loads torch and OpenCLIP
+    (seconds) just to list files; outside a checkout the installed package is imported.
+    """
+    path = Path(__file__).resolve().parents[1] / "open_clip_thermal" / "data" / "layouts.py"
+    if not path.is_file():
+        from open_clip_thermal.data import layouts
+        return layouts
+    name = "_list_pairs_layouts"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_layouts = _load_layouts()
+LAYOUTS, list_pairs = _layouts.LAYOUTS, _layouts.list_pairs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the tool; returns 0, or 1 when no pair was found."""
+    """Run the tool; returns 0, or 1 when no pair was found (then no output file is written)."""
     args = build_parser().parse_args(argv)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()] or None
     try:
@@ -40,13 +69,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(lines)
-    counts = {}
-    for record in listing.records:
-        counts[record["split"]] = counts.get(record["split"], 0) + 1
+    counts = listing.split_counts()
     print(f"{len(listing.records)} pairs {counts}; {len(listing.problems)} problem(s)", file=sys.stderr)
     for problem in listing.problems[: args.max_problems]:
         print(f"  {problem}", file=sys.stderr)
-    return 0 if listing.records else 1
+    if len(listing.problems) > args.max_problems:
+        print(f"  ... and {len(listing.problems) - args.max_problems} more", file=sys.stderr)
+    for warning in listing.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for split, count in counts.items():
+        print(f"{split}: {count}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
