@@ -67,7 +67,7 @@ def test_kaist_split_time_of_day_and_unpaired(tmp_path):
         "id": "kaist_set04_V001_I00003", "image": "set04/V001/lwir/I00003.jpg",
         "rgb": "set04/V001/visible/I00003.jpg", "split": "train", "dataset": "kaist",
         "meta": {"time_of_day": "night"}}
-    assert by_id["kaist_set09_V000_I00001_all"]["split"] == "test-all"
+    assert by_id["kaist_set09_V000_I00001_all"]["split"] == "all-test"
     assert by_id["kaist_set00_V000_I00000"]["meta"]["time_of_day"] == "day"
     assert listing.problems == ["set06/V000/lwir/I00002.jpg: no visible/I00002.* partner"]
     assert any("'test' is empty" in w and "19" in w for w in listing.warnings)
@@ -79,10 +79,10 @@ def test_kaist_paper_splits_exact_ids(tmp_path):
     by_split = {}
     for record in listing.records:
         by_split.setdefault(record["split"], []).append(record)
-    assert set(by_split) == {"train", "test", "test-all"}
+    assert set(by_split) == {"train", "test", "all-test"}
     assert {r["id"] for r in by_split["test"]} == TEST_IDS_45
     assert len(by_split["test"]) == 12
-    assert {r["id"] for r in by_split["test-all"]} == {
+    assert {r["id"] for r in by_split["all-test"]} == {
         f"kaist_{s}_V000_I{i:05d}_all" for s in TEST_SETS for i in range(45)}
     assert {r["id"] for r in by_split["train"]} == {f"kaist_set00_V000_I{i:05d}" for i in range(45)}
     assert len(listing.records) == len({r["id"] for r in listing.records}) == 45 + 12 + 270
@@ -100,11 +100,11 @@ def test_tool_kaist_jsonl_and_per_split_counts(tmp_path):
     result = _run_tool("--dataset", "kaist", "--root", str(tree), "--output", str(output))
     assert result.returncode == 0, result.stderr
     records = _read_jsonl(output)
-    assert Counter(r["split"] for r in records) == {"train": 45, "test": 12, "test-all": 270}
+    assert Counter(r["split"] for r in records) == {"train": 45, "test": 12, "all-test": 270}
     assert {r["id"] for r in records if r["split"] == "test"} == TEST_IDS_45
     assert len({r["id"] for r in records}) == len(records)
     tail = result.stderr.strip().splitlines()[-3:]
-    assert tail == ["train: 45", "test: 12", "test-all: 270"]
+    assert tail == ["train: 45", "test: 12", "all-test: 270"]
     only_test = tmp_path / "test.jsonl"
     result = _run_tool("--dataset", "kaist", "--root", str(tree), "--output", str(only_test), "--splits", "test")
     assert result.returncode == 0, result.stderr
@@ -118,7 +118,7 @@ def test_converter_test_split_gets_exactly_the_test_all_20_frames(tmp_path):
                  for r in list_pairs(str(tree), "kaist").records]
     expected_test = {"kaist_set06_V000_I00019", "kaist_set06_V000_I00039"}
     for name, records, splits in (
-            ("all", captioned, {"train": 40, "test": 2, "test-all": 40}),
+            ("all", captioned, {"train": 40, "test": 2, "all-test": 40}),
             ("test", [r for r in captioned if r["split"] == "test"], {"test": 2})):
         out = tmp_path / f"out-{name}"
         status = convert_main(["--annotations", str(write_jsonl(tmp_path / f"{name}.jsonl", records)),

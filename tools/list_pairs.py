@@ -3,7 +3,7 @@
 Example:
     python tools/list_pairs.py --dataset kaist --root /data/kaist --output kaist_pairs.jsonl
 
-Splits are the T-CLIP paper's (KAIST train / test (test-all-20) / test-all, FLIR train / test, FMB
+Splits are the T-CLIP paper's (KAIST train / test (test-all-20) / all-test, FLIR train / test, FMB
 train / test; see docs/data.md). Exit status 1, with a message naming the expected layout, when the
 root holds no pair of that layout (or none in a requested split); nothing is written then.
 Per-split counts are printed to stderr at the end, e.g. ``test: 2252``.

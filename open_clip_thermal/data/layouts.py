@@ -10,8 +10,8 @@ Splits (the T-CLIP paper's):
 
 * KAIST: ``train`` = every frame of set00-set05; ``test`` = the standard *test-all-20* sampling of
   set06-set11 (frame index ``% 20 == 19``: I00019, I00039, ...; 2,252 pairs on the full release);
-  ``test-all`` = every frame of set06-set11. A test-all-20 frame is in both ``test`` and
-  ``test-all``; its ``test-all`` record's id carries the suffix :data:`KAIST_TEST_ALL_ID_SUFFIX`, so ids
+  ``all-test`` = every frame of set06-set11. A test-all-20 frame is in both ``test`` and
+  ``all-test``; its ``all-test`` record's id carries the suffix :data:`KAIST_TEST_ALL_ID_SUFFIX`, so ids
   are unique over the whole listing (IR-Cap and the converter both reject duplicate ids).
 * FLIR aligned: ``align_train.txt`` -> ``train``, ``align_validation.txt`` -> ``test`` (1,013 pairs).
 * FMB: ``train`` / ``test`` as released.
@@ -29,8 +29,8 @@ KAIST_TEST_SETS = tuple(f"set{i:02d}" for i in range(6, 12))
 KAIST_NIGHT_SETS = frozenset({"set03", "set04", "set05", "set09", "set10", "set11"})
 KAIST_TEST_EVERY = 20  # test-all-20: every 20th frame of the test videos ...
 KAIST_TEST_OFFSET = 19  # ... starting at I00019 (index % 20 == 19)
-KAIST_TEST_ALL_SPLIT = "test-all"
-KAIST_TEST_ALL_ID_SUFFIX = "_all"  # id of a test-all record = its frame's id + this suffix
+KAIST_TEST_ALL_SPLIT = "all-test"
+KAIST_TEST_ALL_ID_SUFFIX = "_all"  # id of an all-test record = its frame's id + this suffix
 KAIST_LAYOUT = "setNN/VNNN/lwir/INNNNN.jpg with setNN/VNNN/visible/INNNNN.jpg (set00-set11)"
 
 FLIR_THERMAL_SUFFIX = "_PreviewData.jpeg"
@@ -66,7 +66,7 @@ class PairListing:
     warnings: List[str] = field(default_factory=list)
 
     def split_counts(self) -> Dict[str, int]:
-        """Records per split: train, test, test-all first, then any other split by name."""
+        """Records per split: train, test, all-test first, then any other split by name."""
         counts: Dict[str, int] = {}
         for record in self.records:
             counts[record["split"]] = counts.get(record["split"], 0) + 1
@@ -186,7 +186,7 @@ def list_kaist(root: str) -> PairListing:
     """KAIST multispectral pedestrian: ``setNN/VNNN/{lwir,visible}/INNNNN.jpg``.
 
     set00-set05 give ``train`` (every frame); set06-set11 give ``test`` (test-all-20: frames whose
-    index is 19 mod 20) and ``test-all`` (every frame; ids with the ``_all`` suffix). set03-05 and
+    index is 19 mod 20) and ``all-test`` (every frame; ids with the ``_all`` suffix). set03-05 and
     set09-11 were recorded at night (``meta.time_of_day``).
     """
     base = Path(root)
