@@ -65,7 +65,8 @@ class DualLoRAFusion(nn.Module):
         lam: fusion weight of the global branch (default of :meth:`encode_image` etc.).
         fusion: ``'feature'`` or ``'score'``, see the module docstring.
         train_logit_scale: train each branch's temperature (initialised from the base's).
-        output_dict: ``forward`` returns a dict as OpenCLIP's ``output_dict=True`` models do.
+        output_dict: kept as an attribute for OpenCLIP's ``create_model(..., output_dict=...)`` and
+            code that sets ``model.output_dict``; ``forward`` returns a dict either way (see :meth:`forward`).
     """
 
     def __init__(self, base: nn.Module, branches: Sequence[str] = (GLOBAL, FINE_GRAINED),
@@ -256,21 +257,31 @@ class DualLoRAFusion(nn.Module):
         feats = self.branch_text_features({GLOBAL: global_texts, FINE_GRAINED: fg_texts})
         return self._fuse(feats, lam, normalize)
 
-    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        """OpenCLIP's contract: normalised (fused) features and the exponentiated temperature.
+    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None
+                ) -> Dict[str, Optional[torch.Tensor]]:
+        """OpenCLIP's contract: a dict of normalised (fused) features and the exponentiated temperature.
+
+        Always a dict, whatever ``output_dict`` says: OpenCLIP returns tuples only from its own
+        ``CLIP``/``CustomTextCLIP`` with ``output_dict`` off, and expects every other model class (CoCa,
+        wrappers like this one) to return a dict; open_clip_train reads the dict's keys. Keys:
+        ``image_features`` and ``text_features`` (None for a missing input), ``logit_scale``, and
+        ``logit_bias`` when the base has one (SigLIP), as ``CLIP.forward`` gives them.
 
         ``text`` of shape ``(B, 2, L)`` holds each image's global and fine-grained caption (dual-branch
-        training): the result is then always a dict with each branch's own features and temperature,
-        the fine-grained ones under ``fg_*`` keys (see ``training.losses.DualBranchClipLoss``).
+        training): the dict then holds each branch's own features and temperature, the fine-grained
+        ones under ``fg_*`` keys (see ``training.losses.DualBranchClipLoss``).
         """
         if text is not None and text.ndim == 3:
             return self._forward_both_branches(image, text)
-        image_features = self.encode_image(image) if image is not None else None
-        text_features = self.encode_text(text) if text is not None else None
-        logit_scale = self.logit_scale.exp()
-        if self.output_dict:
-            return {"image_features": image_features, "text_features": text_features, "logit_scale": logit_scale}
-        return image_features, text_features, logit_scale
+        out = {
+            "image_features": self.encode_image(image) if image is not None else None,
+            "text_features": self.encode_text(text) if text is not None else None,
+            "logit_scale": self.logit_scale.exp(),
+        }
+        logit_bias = getattr(self.base, "logit_bias", None)
+        if logit_bias is not None:
+            out["logit_bias"] = logit_bias
+        return out
 
     def _forward_both_branches(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         if self.branches != (GLOBAL, FINE_GRAINED) or text.shape[1] != 2:

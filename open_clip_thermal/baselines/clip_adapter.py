@@ -36,14 +36,15 @@ class ClipAdapterModel(nn.Module):
     """A frozen OpenCLIP CLIP with a CLIP-Adapter on its image embedding.
 
     Keeps the interface open_clip_train and the benchmark use: ``encode_image``/``encode_text`` with
-    ``normalize``, ``forward`` returning a dict when ``output_dict``, ``logit_scale``, ``visual``,
-    ``lock_*_tower`` and ``set_grad_checkpointing``.
+    ``normalize``, ``forward`` returning a dict (always, as OpenCLIP expects of classes other than its
+    own ``CLIP``), ``logit_scale``, ``visual``, ``lock_*_tower`` and ``set_grad_checkpointing``.
 
     Args:
         base: an OpenCLIP ``CLIP``/``CustomTextCLIP`` with its weights loaded; frozen here, in place.
         alpha: residual ratio, the share of the adapter's output in the image embedding, in [0, 1].
         reduction: bottleneck reduction factor of the adapter.
-        output_dict: ``forward`` returns a dict as OpenCLIP's ``output_dict=True`` models do.
+        output_dict: kept as an attribute for OpenCLIP's ``create_model(..., output_dict=...)``;
+            ``forward`` returns a dict either way.
     """
 
     def __init__(self, base: nn.Module, alpha: float = DEFAULT_ALPHA, reduction: int = DEFAULT_REDUCTION,
@@ -107,16 +108,15 @@ class ClipAdapterModel(nn.Module):
         return self.base.encode_text(text, normalize=normalize)
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        """OpenCLIP's contract: normalised features and the exponentiated temperature."""
+        """OpenCLIP's contract for models other than its own ``CLIP``: a dict of normalised features, the
+        exponentiated temperature and, when the base has one, ``logit_bias``."""
         image_features = self.encode_image(image, normalize=True) if image is not None else None
         text_features = self.encode_text(text, normalize=True) if text is not None else None
         out = {"image_features": image_features, "text_features": text_features,
                "logit_scale": self.logit_scale.exp()}
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias
-        if self.output_dict:
-            return out
-        return tuple(out.values())
+        return out
 
 
 def embedding_size(base: nn.Module) -> int:

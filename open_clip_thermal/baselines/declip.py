@@ -123,12 +123,14 @@ class DeclipModel(nn.Module):
 
     In training mode ``forward`` also returns the momentum embeddings of the batch and snapshots of
     both queues (taken before the batch is pushed), which :class:`.declip_loss.DeclipLoss` reads.
-    Evaluation mode returns OpenCLIP's usual outputs.
+    Evaluation mode returns OpenCLIP's usual outputs. Always a dict, as OpenCLIP expects of model
+    classes other than its own ``CLIP``/``CustomTextCLIP``.
 
     Args:
         base: an OpenCLIP ``CLIP``/``CustomTextCLIP`` with its starting weights loaded (trained in place).
         config: queue size, EMA decay, temperature and loss weights.
-        output_dict: ``forward`` returns a dict as OpenCLIP's ``output_dict=True`` models do.
+        output_dict: kept as an attribute for OpenCLIP's ``create_model(..., output_dict=...)``;
+            ``forward`` returns a dict either way.
     """
 
     # The queues grow from all ranks' gathered features and the EMA follows identical weights, so the
@@ -199,9 +201,7 @@ class DeclipModel(nn.Module):
                        image_queue=self.image_queue.filled().clone(), text_queue=self.text_queue.filled().clone())
             self.image_queue.push(_gather(momentum_image))
             self.text_queue.push(_gather(momentum_text))
-        if self.output_dict:
-            return out
-        return tuple(out.values())
+        return out
 
     def export_state_dict(self) -> Dict[str, torch.Tensor]:
         """The online CLIP's state_dict: a plain OpenCLIP checkpoint of the base architecture."""
