@@ -30,6 +30,9 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "open_clip_thermal.lora_adapter"
 PathLike = Union[str, os.PathLike]
+# model attribute holding the training run's thermal normalisation (data.decode.ThermalNorm.to_dict());
+# the trainer sets it, adapter_config records it, the benchmark decodes the test set with it
+THERMAL_NORM_ATTR = "tclip_thermal_norm"
 
 
 class AdapterError(ValueError):
@@ -90,6 +93,7 @@ def adapter_config(model: DualLoRAFusion, branches: Iterable[str]) -> dict:
         "branches": list(branches),
         "lam": model.lam,
         "fusion": model.fusion,
+        "thermal_norm": getattr(model, THERMAL_NORM_ATTR, None),  # None: not recorded (not trained here)
         "open_clip_version": open_clip.__version__,
         "open_clip_thermal_version": __version__,
     }

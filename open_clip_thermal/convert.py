@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from .data.annotations import AnnotationFormatError, BadRowError, FieldNames
 from .data.conversion import ConversionError, ConvertOptions, convert
+from .data.decode import PALETTE_CHOICES, add_norm_arguments, norm_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--reencode", action="store_true",
                         help="re-encode thermal images as lossless PNG (16-bit kept) instead of copying their bytes")
 
+    thermal = parser.add_argument_group(
+        "thermal frames", "Frames are stored raw (16-bit stays 16-bit); the normalisation is recorded in the "
+                          "manifest for training and the benchmark, and --verify decodes with it (docs/data.md).")
+    add_norm_arguments(thermal, default="percentile")
+    thermal.add_argument("--palette", choices=PALETTE_CHOICES, default="refuse",
+                         help="False-colour thermal JPEGs (strong chroma, e.g. FLIR iron/rainbow exports): 'refuse' "
+                              "leaves them out and lists them in the manifest (fatal with --strict); 'iron' or "
+                              "'rainbow' maps them back to intensity by nearest palette colour; 'white-hot' keeps "
+                              "their luma; 'black-hot' inverts every 8-bit frame (hot = dark in the source). "
+                              "Remapped frames are stored as 8-bit grey PNG.")
+
     checks = parser.add_argument_group("checks")
     checks.add_argument("--verify", action="store_true",
                         help="fully decode every image before writing it (default: only the header is read)")
@@ -75,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace, command: str) -> ConvertOptions:
-    """Turn parsed arguments into :class:`ConvertOptions`."""
+    """Turn parsed arguments into :class:`ConvertOptions` (``ValueError`` for bad thermal-norm flags)."""
     meta_fields = tuple(name.strip() for name in args.meta_fields.split(",") if name.strip())
     fields = FieldNames(id=args.id_field, image=args.image_field, global_caption=args.global_field,
                         fg_caption=args.fg_field, rgb=args.rgb_field, split=args.split_field,
@@ -86,7 +98,7 @@ def options_from_args(args: argparse.Namespace, command: str) -> ConvertOptions:
         min_shards=args.min_shards, seed=args.seed, shuffle=not args.no_shuffle, reencode=args.reencode,
         verify=args.verify, strict=args.strict, default_split=args.default_split,
         default_dataset=args.default_dataset, overwrite=args.overwrite, threads=args.threads, command=command,
-        progress=not args.no_progress, throttle=args.throttle)
+        progress=not args.no_progress, throttle=args.throttle, norm=norm_from_args(args), palette=args.palette)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -99,7 +111,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command = "python -m open_clip_thermal.convert " + shlex.join(argv)
     try:
-        manifest = convert(options_from_args(args, command))
+        options = options_from_args(args, command)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        manifest = convert(options)
     except (BadRowError, ConversionError) as exc:
         status = 2 if isinstance(exc, ConversionError) and "--overwrite" in str(exc) else 1
         print(f"error: {exc}", file=sys.stderr)

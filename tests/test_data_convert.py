@@ -47,8 +47,12 @@ def _members(tar_path):
 
 def test_round_trip_keeps_bytes_captions_and_pixels(tmp_path):
     records = make_mixed_set(tmp_path)
-    status, out = _convert(tmp_path, records, "--verify")
+    # pseudo.jpg is random colour noise, i.e. strongly coloured: white-hot accepts its luma explicitly
+    status, out = _convert(tmp_path, records, "--verify", "--palette", "white-hot")
     assert status == 0
+    frames = json.loads((out / "manifest.json").read_text())["thermal_frames"]
+    assert {k: frames[k] for k in ("grey_8bit", "high_bit_depth", "rgb_grey", "false_colour")} == \
+        {"grey_8bit": 1, "high_bit_depth": 2, "rgb_grey": 0, "false_colour": 1}
     assert sorted(os.listdir(out)) == ["_convert_journal-thermal.jsonl", "manifest.json", "sizes.json",
                                        "thermal-train-000000.tar"]
     assert json.loads((out / "sizes.json").read_text()) == {"thermal-train-000000.tar": 4}

@@ -1,5 +1,8 @@
 """Encode the test set once per (model weights, branch, caption type), through the disk cache."""
+import json
+import logging
 import math
+from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
@@ -7,7 +10,10 @@ from tqdm import tqdm
 
 from .cache import EmbeddingCache, cache_key, hash_state_dict
 from .errors import BenchmarkError
+from ..data.decode import ThermalNorm
 from .shards import CAPTION_FIELDS, SampleIndex, iter_image_batches
+
+log = logging.getLogger(__name__)
 
 EmbeddingKey = Tuple[Optional[str], str]  # (branch or None for the whole model, "image" | caption type)
 
@@ -31,16 +37,80 @@ def model_tokenizer(model_name: str):
         return open_clip.get_tokenizer("ViT-B-16")
 
 
+# ----------------------------------------------------------------------------- normalisation per seed
+
+NORM_SOURCES = ("override", "recorded", "default")
+
+
+def _config_of(weights: str) -> Optional[dict]:
+    """The ``adapter_config.json`` of a weights path (folder, the config itself, or a file in the folder)."""
+    path = Path(weights)
+    for candidate in (path / "adapter_config.json", path if path.name == "adapter_config.json" else None,
+                      path.parent / "adapter_config.json", path.parent.parent / "adapter_config.json"):
+        if candidate is not None and candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def recorded_norm(weights: Optional[str]) -> Optional[ThermalNorm]:
+    """The thermal normalisation recorded by training next to ``weights`` (None: not recorded).
+
+    Raises:
+        BenchmarkError: the recorded value is not a valid normalisation.
+    """
+    if weights is None or "://" in weights or weights.startswith("hf-hub:"):
+        return None
+    config = _config_of(weights)
+    record = (config or {}).get("thermal_norm")
+    if record is None:
+        return None
+    try:
+        return ThermalNorm.from_dict(record)
+    except (ValueError, TypeError) as error:
+        raise BenchmarkError(f"weights {weights!r}: invalid recorded thermal_norm {record!r}: {error}") from None
+
+
+def seed_norm(kind: str, seed: Sequence[Optional[str]], override: Optional[ThermalNorm],
+              label: str = "") -> Tuple[ThermalNorm, str]:
+    """(normalisation, source) of one seed: the ``override``, else what its adapters recorded, else percentile.
+
+    Zero-shot rows always use the default percentile unless overridden. The two folders of a
+    ``GLOBAL+FG`` seed share one image pass; if they recorded different choices the global one is
+    used and a warning says so.
+    """
+    if override is not None:
+        return override, "override"
+    if kind == "zeroshot":
+        return ThermalNorm(), "default"
+    recorded = [recorded_norm(weights) for weights in seed]
+    found = [norm for norm in recorded if norm is not None]
+    if not found:
+        return ThermalNorm(), "default"
+    if len(set(found)) > 1:
+        log.warning("WARNING: %s: the folders %s recorded different thermal normalisations (%s); encoding its "
+                    "images with the first (%s); pass --thermal-norm to choose", label, "+".join(map(str, seed)),
+                    ", ".join(n.describe() for n in found), found[0].describe())
+    return found[0], "recorded"
+
+
+def norm_record(norm: ThermalNorm, source: str) -> dict:
+    """The normalisation as results.json records it per seed and row."""
+    return dict(norm.to_dict(), source=source, text=norm.describe())
+
+
 def _batches(n: int, batch_size: int) -> Iterable[slice]:
     return (slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size))
 
 
 def _encode_images(model, branches: Sequence[Optional[str]], urls, preprocess, index: SampleIndex,
-                   batch_size: int, device, label: str) -> Dict[Optional[str], torch.Tensor]:
+                   batch_size: int, device, label: str, norm: Optional[ThermalNorm] = None) -> Dict[Optional[str], torch.Tensor]:
     chunks: Dict[Optional[str], List[torch.Tensor]] = {b: [] for b in branches}
     seen = 0
     total = math.ceil(len(index) / batch_size)
-    for keys, images in tqdm(iter_image_batches(urls, preprocess, batch_size), total=total,
+    for keys, images in tqdm(iter_image_batches(urls, preprocess, batch_size, norm), total=total,
                              desc=f"images {label}", unit="batch", leave=False):
         if keys != index.keys[seen:seen + len(keys)]:
             raise BenchmarkError(f"shards changed while reading: expected key {index.keys[seen]!r}, got {keys[0]!r}")
@@ -73,12 +143,14 @@ def _encode_texts(model, tokenizer, branches: Sequence[Optional[str]], captions:
 
 def encode_test_set(model: torch.nn.Module, model_name: str, label: str, needs: Set[EmbeddingKey],
                     urls: Sequence[str], index: SampleIndex, data_id, cache: EmbeddingCache,
-                    batch_size: int = 64, device: str = "cpu") -> Dict[EmbeddingKey, torch.Tensor]:
+                    batch_size: int = 64, device: str = "cpu",
+                    norm: Optional[ThermalNorm] = None) -> Dict[EmbeddingKey, torch.Tensor]:
     """Embeddings (N, D) of the test set for every (branch, image|caption type) in ``needs``.
 
     Each entry is looked up in ``cache`` under a key made of the model's weight hash, the shard
     fingerprint ``data_id``, the preprocessing and the entry itself; only missing entries are encoded,
-    images in one pass over the shards for all branches.
+    images in one pass over the shards for all branches, decoded with ``norm`` (None: percentile),
+    which is part of the image cache key.
 
     Raises:
         BenchmarkError: a needed caption type is missing from some samples.
@@ -86,8 +158,10 @@ def encode_test_set(model: torch.nn.Module, model_name: str, label: str, needs: 
     preprocess = model_preprocess(model)
     tokenizer = model_tokenizer(model_name)
     weights = hash_state_dict(model.state_dict())
+    norm = norm or ThermalNorm()
     keys = {need: cache_key(weights=weights, model=type(model).__name__, data=data_id, branch=need[0], what=need[1],
-                            preprocess=repr(preprocess) if need[1] == "image" else getattr(tokenizer, "context_length", 77))
+                            preprocess=repr(preprocess) if need[1] == "image" else getattr(tokenizer, "context_length", 77),
+                            **({"thermal_norm": norm.to_dict()} if need[1] == "image" else {}))
             for need in needs}
     result = {need: cache.load(key) for need, key in keys.items()}
     result = {need: t for need, t in result.items() if t is not None and t.shape[0] == len(index)}
@@ -99,7 +173,8 @@ def encode_test_set(model: torch.nn.Module, model_name: str, label: str, needs: 
     with torch.no_grad():
         image_branches = [b for b, what in missing if what == "image"]
         if image_branches:
-            for b, feats in _encode_images(model, image_branches, urls, preprocess, index, batch_size, device, label).items():
+            for b, feats in _encode_images(model, image_branches, urls, preprocess, index, batch_size, device, label,
+                                           norm).items():
                 fresh[(b, "image")] = feats
         for caption_type in CAPTION_FIELDS:
             branches = [b for b, what in missing if what == caption_type]

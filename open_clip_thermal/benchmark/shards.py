@@ -14,7 +14,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from ..data.decode import decode_thermal_pil
+from ..data.decode import ThermalNorm, decode_with, thermal_to_pil
 from .errors import BenchmarkError
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff")
@@ -96,23 +96,25 @@ def read_sample_index(urls: Sequence[str]) -> SampleIndex:
     return index
 
 
-def _decode(sample: dict) -> Image.Image:
-    # Same decoding as training (16-bit frames stretched by percentiles), so scores are comparable.
+def _decode(sample: dict, norm: Optional[ThermalNorm] = None) -> Image.Image:
+    # Same decoding as training: the normalisation the variant's adapters recorded (or --thermal-norm),
+    # percentile by default, so scores are comparable.
     ext = _image_field(sample)
     try:
-        return decode_thermal_pil(sample[ext], ext)
+        return thermal_to_pil(decode_with(sample[ext], ext, norm))
     except Exception as error:
         raise BenchmarkError(f"sample {sample['__key__']!r} in {sample.get('__url__')}: cannot decode its "
                              f".{ext} image: {error}") from None
 
 
-def iter_image_batches(urls: Sequence[str], preprocess: Callable, batch_size: int) -> Iterator[Tuple[List[str], torch.Tensor]]:
-    """(keys, preprocessed image batch) in shard order."""
+def iter_image_batches(urls: Sequence[str], preprocess: Callable, batch_size: int,
+                       norm: Optional[ThermalNorm] = None) -> Iterator[Tuple[List[str], torch.Tensor]]:
+    """(keys, preprocessed image batch) in shard order, frames decoded with ``norm`` (None: percentile)."""
     keys: List[str] = []
     images: List[torch.Tensor] = []
     for sample in _iter_raw_samples(urls):
         keys.append(sample["__key__"])
-        images.append(preprocess(_decode(sample)))
+        images.append(preprocess(_decode(sample, norm)))
         if len(keys) == batch_size:
             yield keys, torch.stack(images)
             keys, images = [], []

@@ -21,14 +21,17 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 from tqdm import tqdm
 
 from .annotations import Annotation, FieldNames, Skipped, read_annotations
-from .decode import decode_thermal
-from .image_files import ImageFileError, ImageInfo, inspect_image, read_bytes, reencode_png, resolve_path
+from .decode import PALETTE_CHOICES, PALETTES, ThermalNorm, decode_with, palette_to_intensity
+from .image_files import (ImageFileError, ImageInfo, grey_png, inspect_image, read_bytes, reencode_png,
+                          resolve_path)
 from .manifest import build_manifest, write_json_atomic, write_sizes
 from .shards import PARTIAL_SUFFIX, ConversionJournal, SplitShardWriter, make_keys
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+FALSE_COLOUR_REASON = "false-colour thermal frame"  # start of the skip reason of refused palette frames
+OFF_PALETTE_WARNING = 0.2  # a remapped frame with more off-palette pixels than this is logged
 
 
 class ConversionError(RuntimeError):
@@ -60,6 +63,16 @@ class ConvertOptions:
     command: str = ""  # recorded in the manifest
     progress: bool = True
     throttle: float = 0.0  # seconds to sleep per written sample (only to test interruption)
+    # decode of >8-bit frames the shards are meant for: recorded in the manifest and used by
+    # --verify; frames are stored raw, so it does not change the shard bytes
+    norm: ThermalNorm = field(default_factory=ThermalNorm)
+    # false-colour frames: 'refuse' skips them (listed in the manifest), 'white-hot' keeps their luma,
+    # 'black-hot' inverts every 8-bit frame, 'iron' / 'rainbow' invert the palette; see docs/data.md
+    palette: str = "refuse"
+
+    def __post_init__(self):
+        if self.palette not in PALETTE_CHOICES:
+            raise ValueError(f"palette must be one of {PALETTE_CHOICES}, got {self.palette!r}")
 
 
 @dataclass
@@ -98,7 +111,7 @@ def _fail_or_skip(options: ConvertOptions, skipped: Skipped) -> Skipped:
 def _inspect_row(annotation: Annotation, options: ConvertOptions) -> Tuple[Annotation, Any, Any]:
     """Read the image headers of one row; returns (annotation, thermal info or error, rgb info or error)."""
     try:
-        thermal = inspect_image(resolve_path(annotation.image, options.image_root))
+        thermal = inspect_image(resolve_path(annotation.image, options.image_root), colour_check=True)
     except ImageFileError as exc:
         return annotation, exc, None
     if annotation.rgb is None:
@@ -120,6 +133,12 @@ def plan_samples(annotations: List[Annotation], options: ConvertOptions) -> Tupl
             skipped.append(_fail_or_skip(options, Skipped(annotation.row, annotation.id, str(thermal), "image")))
         elif isinstance(rgb, ImageFileError):
             skipped.append(_fail_or_skip(options, Skipped(annotation.row, annotation.id, f"rgb: {rgb}", "image")))
+        elif thermal.false_colour and options.palette == "refuse":
+            path = resolve_path(annotation.image, options.image_root)
+            skipped.append(_fail_or_skip(options, Skipped(
+                annotation.row, annotation.id, f"{FALSE_COLOUR_REASON} {path} ({thermal.chroma:.0%} strongly "
+                f"coloured pixels): luma of a palette is not intensity; pass --palette "
+                f"{{{','.join(PALETTE_CHOICES[1:])}}} to map it back", "image")))
         else:
             good.append((annotation, thermal, rgb))
     keys = make_keys([annotation.id for annotation, _, _ in good])
@@ -138,7 +157,7 @@ def _fingerprint(options: ConvertOptions, plan: Dict[str, List[PlannedSample]]) 
     """Hash of everything that decides the shard bytes; a resume needs the same value."""
     digest = hashlib.sha256()
     settings = {k: v for k, v in asdict(options).items()
-                if k not in ("command", "progress", "threads", "overwrite", "throttle", "strict")}
+                if k not in ("command", "progress", "threads", "overwrite", "throttle", "strict", "norm")}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for split in sorted(plan):
         for item in plan[split]:
@@ -223,14 +242,17 @@ def _read_sample(item: PlannedSample, options: ConvertOptions) -> Dict[str, Any]
     ext = item.thermal.ext
     if options.verify:
         try:
-            decode_thermal(thermal, ext)
+            decode_with(thermal, ext, options.norm)
         except ValueError as exc:
             raise ImageFileError(f"undecodable image {item.image_path}: {exc}") from exc
-    if options.reencode:
-        thermal, ext = reencode_png(thermal), "png"
     metadata = {"id": annotation.id, "dataset": annotation.dataset, "split": annotation.split,
                 "image": annotation.image, "thermal_mode": item.thermal.mode,
                 "width": item.thermal.width, "height": item.thermal.height, **annotation.meta}
+    remapped = _remap_palette(thermal, item, options, metadata)
+    if remapped is not None:
+        thermal, ext = remapped, "png"
+    elif options.reencode:
+        thermal, ext = reencode_png(thermal), "png"
     sample = {"__key__": item.key, ext: thermal, "txt": annotation.global_caption.encode("utf-8")}
     if annotation.fg_caption is not None:
         sample["fg.txt"] = annotation.fg_caption.encode("utf-8")
@@ -242,6 +264,51 @@ def _read_sample(item: PlannedSample, options: ConvertOptions) -> Dict[str, Any]
         metadata["rgb"] = annotation.rgb
     sample["json"] = json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return sample
+
+
+def frame_kind(info: ImageInfo) -> str:
+    """``high_bit_depth``, ``grey_8bit``, ``rgb_grey`` (grey replicated over RGB) or ``false_colour``."""
+    if info.false_colour:
+        return "false_colour"
+    if info.is_colour:
+        return "rgb_grey"
+    if info.mode in ("1", "L", "LA", "P"):
+        return "grey_8bit"
+    return "high_bit_depth"
+
+
+def _remap_palette(data: bytes, item: PlannedSample, options: ConvertOptions, metadata: Dict[str, Any]) -> Optional[bytes]:
+    """8-bit grey PNG bytes of a frame that ``--palette`` maps to intensity, or None to keep the bytes.
+
+    ``iron``/``rainbow``: false-colour frames are inverted by nearest palette colour; ``white-hot``:
+    false-colour frames become their luma (accepted explicitly); ``black-hot``: every 8-bit frame
+    (grey, grey RGB or false-colour luma) is inverted so that hot is bright. Deeper frames are raw
+    counts and never remapped.
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+    kind = frame_kind(item.thermal)
+    palette = options.palette
+    if kind == "high_bit_depth" or palette == "refuse" or (kind != "false_colour" and palette != "black-hot"):
+        return None
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if palette in PALETTES:
+            intensity, off = palette_to_intensity(np.asarray(image.convert("RGB")), palette)
+            values = np.round(intensity * 255.0).astype(np.uint8)
+            metadata["off_palette"] = round(off, 4)
+            if off > OFF_PALETTE_WARNING:
+                log.warning("%s: %.0f%% of its pixels are far from every %s colour; was it rendered with another "
+                            "palette or does it carry overlays?", item.image_path, 100 * off, palette)
+        else:
+            values = np.asarray(image.convert("RGB").convert("L"))
+            if palette == "black-hot":
+                values = 255 - values
+    metadata["palette"] = palette
+    metadata["stored_mode"] = "L"
+    return grey_png(values)
 
 
 def inspect_rgb_bytes(data: bytes, path: str) -> None:

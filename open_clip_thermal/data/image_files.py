@@ -9,6 +9,12 @@ import fsspec
 import numpy as np
 from PIL import Image
 
+from .decode import FALSE_COLOUR_FRACTION, chroma_fraction
+
+# PIL modes with colour channels; a thermal frame in one of these is grey-replicated or false-colour.
+COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+CHROMA_CHECK_SIZE = 256  # colour frames are checked on a copy at most this many pixels wide/high
+
 # PIL format name -> the extension stored in the shard (what webdataset/OpenCLIP tools look for).
 STANDARD_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "TIFF": "tif", "WEBP": "webp", "BMP": "bmp", "PPM": "ppm"}
 
@@ -26,6 +32,19 @@ class ImageInfo:
     width: int
     height: int
     nbytes: int
+    # colour frames only (inspect_image(colour_check=True)): fraction of strongly coloured pixels
+    # (decode.chroma_fraction); above decode.FALSE_COLOUR_FRACTION the frame is false-colour
+    chroma: Optional[float] = None
+
+    @property
+    def is_colour(self) -> bool:
+        """Stored with colour channels (RGB, palette-indexed...), grey or not."""
+        return self.mode in COLOUR_MODES
+
+    @property
+    def false_colour(self) -> bool:
+        """A palette rendering (strong chroma), not grey replicated over RGB."""
+        return self.chroma is not None and self.chroma > FALSE_COLOUR_FRACTION
 
 
 def _is_url(path: str) -> bool:
@@ -65,15 +84,26 @@ def read_bytes(path: str) -> bytes:
     return data
 
 
-def _describe(image: Image.Image, path: str, nbytes: int) -> ImageInfo:
+def _describe(image: Image.Image, path: str, nbytes: int, colour_check: bool = False) -> ImageInfo:
     ext = STANDARD_EXTENSIONS.get(image.format or "")
     if ext is None:
         raise ImageFileError(f"unsupported image format {image.format!r} in {path}")
-    return ImageInfo(ext=ext, mode=image.mode, width=image.width, height=image.height, nbytes=nbytes)
+    mode, width, height = image.mode, image.width, image.height
+    chroma = None
+    if colour_check and mode in COLOUR_MODES:
+        if image.format == "JPEG":
+            image.draft("RGB", (CHROMA_CHECK_SIZE, CHROMA_CHECK_SIZE))  # DCT scaling: cheap decode
+        small = image.convert("RGB")
+        small.thumbnail((CHROMA_CHECK_SIZE, CHROMA_CHECK_SIZE), Image.NEAREST)
+        chroma = round(chroma_fraction(np.asarray(small)), 4)
+    return ImageInfo(ext=ext, mode=mode, width=width, height=height, nbytes=nbytes, chroma=chroma)
 
 
-def inspect_image(path: str, full_decode: bool = False) -> ImageInfo:
+def inspect_image(path: str, full_decode: bool = False, colour_check: bool = False) -> ImageInfo:
     """Check that ``path`` is a non-empty image, reading only its header unless ``full_decode``.
+
+    ``colour_check`` decodes colour frames (a reduced copy) to measure their chroma, which tells
+    grey-replicated RGB from false-colour renderings (:attr:`ImageInfo.false_colour`).
 
     Raises:
         ImageFileError: with the reason (missing, zero-size, undecodable, unsupported format).
@@ -89,7 +119,7 @@ def inspect_image(path: str, full_decode: bool = False) -> ImageInfo:
                 with Image.open(handle) as image:
                     if full_decode:
                         image.load()
-                    return _describe(image, path, nbytes)
+                    return _describe(image, path, nbytes, colour_check)
             except ImageFileError:
                 raise
             except Exception as exc:  # PIL raises many types for corrupt data
@@ -114,3 +144,10 @@ def reencode_png(data: bytes) -> bytes:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return buffer.getvalue()
+
+
+def grey_png(values: np.ndarray) -> bytes:
+    """Encode a uint8 (H, W) array as a lossless 8-bit grey PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(values, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -26,7 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from .decode import NORM_MODES, ThermalDecodeError, decode_thermal, thermal_to_pil
+from .decode import NORM_MODES, ThermalDecodeError, ThermalNorm, decode_thermal, thermal_to_pil
 from .sources import expand_urls, open_shards, read_dataset_size
 
 log = logging.getLogger(__name__)
@@ -250,10 +250,28 @@ def collate_tuples(samples: List[Tuple]) -> Tuple:
     return tuple(torch.stack(column) if isinstance(column[0], torch.Tensor) else list(column) for column in columns)
 
 
+def resolve_norm(thermal_norm: Union[str, ThermalNorm], norm_kwargs: Optional[Dict[str, Any]] = None) -> ThermalNorm:
+    """The loader's normalisation as a checked :class:`ThermalNorm` (``ValueError`` when invalid)."""
+    if isinstance(thermal_norm, ThermalNorm):
+        if norm_kwargs:
+            raise ValueError("give either a ThermalNorm or norm_kwargs, not both")
+        return thermal_norm
+    if thermal_norm not in NORM_MODES:
+        raise ValueError(f"thermal_norm must be one of {NORM_MODES}, got {thermal_norm!r}")
+    kwargs = dict(norm_kwargs or {})
+    unknown = sorted(set(kwargs) - {"low", "high", "value_range", "stretch_8bit"})
+    if unknown:
+        raise ValueError(f"unknown norm_kwargs {unknown}; expected low, high, value_range, stretch_8bit")
+    if kwargs.get("value_range") is not None:
+        kwargs["value_range"] = tuple(kwargs["value_range"])
+    return ThermalNorm(mode=thermal_norm, **kwargs)
+
+
 def make_thermal_dataset(urls: Union[str, Sequence[str]], preprocess: Callable, tokenizer: Callable, *,
                          captions: str = "global", is_train: bool = True, batch_size: Optional[int] = None,
                          resampled: bool = False, shuffle_buffer: int = 1000, seed: int = 0, epoch: EpochLike = 0,
-                         thermal_norm: str = "percentile", norm_kwargs: Optional[Dict[str, Any]] = None,
+                         thermal_norm: Union[str, ThermalNorm] = "percentile",
+                         norm_kwargs: Optional[Dict[str, Any]] = None,
                          strict: bool = False, with_meta: bool = False, rank: Optional[int] = None,
                          world_size: Optional[int] = None) -> wds.DataPipeline:
     """Build the thermal WebDataset pipeline.
@@ -271,8 +289,10 @@ def make_thermal_dataset(urls: Union[str, Sequence[str]], preprocess: Callable, 
         shuffle_buffer: sample shuffle buffer size when training.
         seed: seed of every random choice (shard order, shuffle buffer, mixed captions).
         epoch: epoch number or an open_clip_train ``SharedEpoch`` (reseeds each epoch).
-        thermal_norm: normalisation of >8-bit frames: ``'percentile'``, ``'minmax'`` or ``'fixed'``.
-        norm_kwargs: extra arguments of the normalisation (``low``, ``high``, ``value_range``).
+        thermal_norm: normalisation of >8-bit frames: ``'percentile'``, ``'minmax'`` or ``'fixed'``,
+            or a :class:`~open_clip_thermal.data.decode.ThermalNorm` (then without ``norm_kwargs``).
+        norm_kwargs: extra arguments of the normalisation (``low``, ``high``, ``value_range``,
+            ``stretch_8bit``), checked as :class:`~open_clip_thermal.data.decode.ThermalNorm` checks them.
         strict: stop at the first undecodable sample or unreadable shard instead of skipping it.
         with_meta: append ``{'key', 'url', 'json'}`` (a list of them when batched) to each item.
         rank: this process's rank; with ``world_size`` None, see :func:`resolve_rank`.
@@ -285,8 +305,7 @@ def make_thermal_dataset(urls: Union[str, Sequence[str]], preprocess: Callable, 
     """
     if captions not in CAPTION_MODES:
         raise ValueError(f"captions must be one of {CAPTION_MODES}, got {captions!r}")
-    if thermal_norm not in NORM_MODES:
-        raise ValueError(f"thermal_norm must be one of {NORM_MODES}, got {thermal_norm!r}")
+    norm = resolve_norm(thermal_norm, norm_kwargs)
     shard_urls = expand_urls(urls)
     rank, world_size = resolve_rank(rank, world_size)
     failures = DecodeFailures(strict=strict)
@@ -301,7 +320,7 @@ def make_thermal_dataset(urls: Union[str, Sequence[str]], preprocess: Callable, 
     stages += [open_shards(handler), tar_samples(handler)]
     if is_train and shuffle_buffer > 1:
         stages.append(seeded_shuffle(shuffle_buffer, seed, epoch, rank))
-    stages.append(thermal_samples(preprocess, tokenizer, captions, thermal_norm, dict(norm_kwargs or {}), seed,
+    stages.append(thermal_samples(preprocess, tokenizer, captions, norm.mode, norm.decode_kwargs(), seed,
                                   epoch, with_meta, failures))
     if batch_size is not None:
         stages.append(wds.batched(batch_size, collation_fn=collate_tuples, partial=not is_train))

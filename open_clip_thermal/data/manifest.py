@@ -39,6 +39,16 @@ def write_sizes(output_dir: str, sizes: Dict[str, int], prefix: str) -> Dict[str
     return merged
 
 
+def _norm_flags(norm) -> str:
+    """The trainer / benchmark flags that decode like the recorded normalisation."""
+    flags = f"--thermal-norm {norm.mode}"
+    if norm.mode == "fixed" and norm.value_range is not None:
+        flags += f" --thermal-range={':'.join(f'{v:g}' for v in norm.value_range)}"
+    if norm.mode == "percentile" and (norm.low, norm.high) != (1.0, 99.0):
+        flags += f" --thermal-percentiles {norm.low:g}:{norm.high:g}"
+    return flags + (" --stretch-8bit" if norm.stretch_8bit else "")
+
+
 def skipped_by_reason(skipped: List[Skipped]) -> Dict[str, int]:
     """Count skipped samples by kind of reason (the reason text before any path or detail)."""
     def kind(reason: str) -> str:
@@ -54,6 +64,43 @@ def _caption_stats(samples: List["PlannedSample"]) -> Dict[str, Any]:
     if fine_grained:
         stats["fine_grained"] = caption_token_stats(fine_grained)
     return stats
+
+
+FRAME_KINDS = ("grey_8bit", "high_bit_depth", "rgb_grey", "false_colour")
+FALSE_COLOUR_EXAMPLES = 20  # refused false-colour files named in the manifest
+
+
+def frame_counts(samples: List["PlannedSample"]) -> Dict[str, int]:
+    """Written thermal frames by kind: 8-bit grey, >8-bit, grey replicated over RGB, false-colour."""
+    from .conversion import frame_kind
+    counts = Counter(frame_kind(s.thermal) for s in samples)
+    return {kind: counts.get(kind, 0) for kind in FRAME_KINDS}
+
+
+def _thermal_frames(options: "ConvertOptions", plan: Dict[str, List["PlannedSample"]], splits: Dict[str, Any],
+                    skipped: List[Skipped], warnings: List[str]) -> Dict[str, Any]:
+    from .conversion import FALSE_COLOUR_REASON
+    from .decode import CHROMA_THRESHOLD, FALSE_COLOUR_FRACTION
+    totals = Counter()
+    for split in splits.values():
+        totals.update(split["thermal_frames"])
+    refused = [s for s in skipped if s.reason.startswith(FALSE_COLOUR_REASON)]
+    files = [s.reason[len(FALSE_COLOUR_REASON):].split(" (", 1)[0].strip() for s in refused]
+    if refused:
+        warnings.append(f"{len(refused)} false-colour (palette) thermal frame(s) were NOT written, e.g. "
+                        f"{', '.join(files[:3])}: their luma is not intensity; convert with --palette iron, rainbow, "
+                        f"white-hot or black-hot (the palette they were rendered with), or remove them")
+    if totals["false_colour"]:
+        warnings.append(f"{totals['false_colour']} false-colour thermal frame(s) were mapped to intensity with "
+                        f"--palette {options.palette} and stored as 8-bit grey PNG")
+    return {
+        **{kind: totals.get(kind, 0) for kind in FRAME_KINDS},
+        "false_colour_refused": len(refused),
+        "false_colour_refused_files": files[:FALSE_COLOUR_EXAMPLES],
+        "palette": options.palette,
+        "false_colour_rule": f"more than {FALSE_COLOUR_FRACTION:.0%} of pixels with max(R,G,B) - min(R,G,B) > "
+                             f"{CHROMA_THRESHOLD} (of 255)",
+    }
 
 
 def build_manifest(options: "ConvertOptions", plan: Dict[str, List["PlannedSample"]],
@@ -83,6 +130,7 @@ def build_manifest(options: "ConvertOptions", plan: Dict[str, List["PlannedSampl
             "num_shards": len(shards),
             "shards": shards,
             "datasets": dict(sorted(Counter(str(s.annotation.dataset) for s in samples).items())),
+            "thermal_frames": frame_counts(samples),
             "caption_tokens": _caption_stats(samples),
         }
         if len(shards) < options.min_shards:
@@ -93,6 +141,7 @@ def build_manifest(options: "ConvertOptions", plan: Dict[str, List["PlannedSampl
         if over:
             warnings.append(f"split {split!r}: {over} fine-grained caption(s) exceed the 77-token context "
                             f"and will be truncated by the tokenizer")
+    thermal_frames = _thermal_frames(options, plan, splits, skipped, warnings)
     settings = asdict(options)
     settings["fields"] = asdict(options.fields)
     for private in ("command", "progress", "throttle"):
@@ -111,6 +160,10 @@ def build_manifest(options: "ConvertOptions", plan: Dict[str, List["PlannedSampl
         "total_samples": sum(split["samples"] for split in splits.values()),
         "total_bytes": sum(split["bytes"] for split in splits.values()),
         "splits": splits,
+        "thermal_frames": thermal_frames,
+        # frames are stored raw; this is the decode recorded for training and the benchmark
+        "normalisation": dict(options.norm.to_dict(), applied="at decode time (train / benchmark); shards "
+                              "hold the original frames", flags=_norm_flags(options.norm)),
         "skipped_count": len(skipped),
         "skipped_by_reason": skipped_by_reason(skipped),
         "skipped": [s.to_dict() for s in skipped],

@@ -35,13 +35,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Union
 
 import open_clip
 import torch
 import torch.nn as nn
 
-from ..adapters import load_adapters, read_adapter_config, save_adapters
+from ..adapters import THERMAL_NORM_ATTR, load_adapters, read_adapter_config, save_adapters
+from ..data.decode import ThermalNorm
 from ..base_model import FORCE_GELU, resolve_activation
 from ..baselines import (EXPORT_NAME, ClipAdapterModel, DeclipConfig, DeclipLoss, DeclipModel, save_clip_adapter,
                          save_openclip_weights)
@@ -75,7 +76,7 @@ class TrainOptions:
     declip: DeclipConfig = field(default_factory=DeclipConfig)
     init_from: Optional[str] = None  # adapter folder to start the branch(es) from
     grad_clip_norm: Optional[float] = None  # per branch
-    thermal_norm: str = "percentile"
+    thermal_norm: Union[str, ThermalNorm] = "percentile"  # a mode name or a ThermalNorm (range, percentiles)
     force_gelu: bool = False  # GELU on QuickGELU weights (base_model.resolve_activation)
     strict_data: bool = False
 
@@ -171,6 +172,9 @@ class TrainerHooks:
             self._clip_groups = {b: [p for n, p in model.named_parameters()
                                      if p.requires_grad and (n.endswith("." + b) or n == f"logit_scales.{b}")]
                                  for b in model.branches}
+        from ..data.loader import resolve_norm
+        # recorded in the saved adapter config (adapters.adapter_config); the benchmark decodes with it
+        setattr(model, THERMAL_NORM_ATTR, resolve_norm(self.options.thermal_norm).to_dict())
         self.model = model
         return model, pp_train, pp_val
 

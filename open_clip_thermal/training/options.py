@@ -12,6 +12,7 @@ import torch
 from ..lora import TARGETS, TOWERS, LoRAConfig
 from ..baselines import DeclipConfig
 from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION
+from ..data.decode import add_norm_arguments, norm_from_args
 from .hooks import BRANCH_MODES, METHODS, TrainOptions
 
 # The paper's training recipe. lr and weight decay are not legible in the paper: 1e-4 and 0.01 are
@@ -67,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad-clip-norm", type=float, default=None,
                    help="Clip the gradient norm of each branch separately (a global norm would couple the "
                         "branches). Default: no clipping (1.0 with --preset paper).")
-    g.add_argument("--thermal-norm", choices=("percentile", "minmax", "fixed"), default="percentile",
-                   help="Normalisation of >8-bit thermal frames (see docs/data.md). Default: percentile.")
+    add_norm_arguments(g, default="percentile",  # --thermal-norm/-range/-percentiles, --stretch-8bit
+                       what=" Recorded in the saved adapter config; the benchmark decodes with it.")
     g.add_argument("--force-gelu", action="store_true",
                    help="Build the base with GELU even when its --pretrained weights were trained with QuickGELU "
                         "(every 'openai' tag). Without it, such weights always get QuickGELU, whatever "
@@ -124,8 +125,12 @@ def train_options(ours: argparse.Namespace) -> TrainOptions:
                               text_nn_weight=ours.declip_text_nn_weight)
     except ValueError as e:  # a bad --declip-* value: one line, like argparse errors
         raise SystemExit(f"open_clip_thermal.train: {e}") from None
+    try:
+        thermal_norm = norm_from_args(ours)  # a bad --thermal-* value: one line too
+    except ValueError as e:
+        raise SystemExit(f"open_clip_thermal.train: {e}") from None
     return TrainOptions(branch=ours.branch, method=ours.method, lora=lora, init_from=ours.init_from,
-                        grad_clip_norm=ours.grad_clip_norm, thermal_norm=ours.thermal_norm,
+                        grad_clip_norm=ours.grad_clip_norm, thermal_norm=thermal_norm,
                         strict_data=ours.strict_data, force_gelu=ours.force_gelu, clip_adapter_alpha=ours.clip_adapter_alpha,
                         clip_adapter_reduction=ours.clip_adapter_reduction, declip=declip)
 
