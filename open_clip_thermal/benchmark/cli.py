@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .cache import EmbeddingCache, cache_key
-from .encode import encode_test_set
+from ..data.decode import add_norm_arguments, norm_from_args
+from .encode import encode_test_set, norm_record, seed_norm
 from .errors import BenchmarkError
 from .evaluate import duplicate_caption_groups, evaluate
 from .report import write_report
@@ -106,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="embedding cache folder (default: OUT/embedding_cache)")
     parser.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only (default: cache on disk)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots (default: write them; needs matplotlib)")
+    add_norm_arguments(parser.add_argument_group(  # override of the normalisation each variant recorded
+        "thermal decoding", "By default every seed's test images are decoded with the normalisation its adapters "
+                            "recorded at training (zero-shot rows and unrecorded weights: percentile); these flags "
+                            "override it for every row."), default=None)
     return parser
 
 
@@ -118,7 +123,7 @@ def _check_captions(rows, index) -> None:
                                      f"{len(index)} samples in the shards lack '.{CAPTION_FIELDS[caption_type]}'")
 
 
-def _encode_all(specs: Sequence[VariantSpec], args, urls, index, data_id, cache) -> Dict[str, List[dict]]:
+def _encode_all(specs: Sequence[VariantSpec], args, urls, index, data_id, cache, norms) -> Dict[str, List[dict]]:
     """One embedding dict per seed of every variant; models sharing weights reuse embeddings."""
     shared: Dict[tuple, dict] = {}  # (model, seed) -> embeddings computed so far
     embeddings: Dict[str, List[dict]] = {}
@@ -126,13 +131,14 @@ def _encode_all(specs: Sequence[VariantSpec], args, urls, index, data_id, cache)
         needs = {need for row in rows_for(spec) for need in needed_embeddings(row)}
         embeddings[spec.name] = []
         for number, seed in enumerate(spec.seeds):
-            source = (spec.kind == "zeroshot", spec.model, seed)
+            norm = norms[spec.name][number][0]  # the thermal decoding of this seed (seed_norm)
+            source = (spec.kind == "zeroshot", spec.model, seed, norm)
             have = shared.setdefault(source, {})
             if not needs <= set(have):
                 model = build_model(spec, seed)
                 label = f"{spec.name}#{number}" if len(spec.seeds) > 1 else spec.name
                 have.update(encode_test_set(model, spec.model, label, needs | set(have), urls, index, data_id, cache,
-                                            batch_size=args.batch_size, device=args.device))
+                                            batch_size=args.batch_size, device=args.device, norm=norm))
                 del model
                 gc.collect()
                 if torch.cuda.is_available():
@@ -141,8 +147,30 @@ def _encode_all(specs: Sequence[VariantSpec], args, urls, index, data_id, cache)
     return embeddings
 
 
+def _warn_mixed_norms(norms: Dict[str, List[tuple]]) -> None:
+    used = {name: sorted({norm.describe() for norm, _ in seeds}) for name, seeds in norms.items()}
+    if len({text for texts in used.values() for text in texts}) > 1:
+        logging.getLogger(__name__).warning(
+            "WARNING: variants decode the test images with different thermal normalisations (each its own): %s",
+            "; ".join(f"{name}: {', '.join(texts)}" for name, texts in used.items()))
+
+
+def _record_norms(results: Dict, norms: Dict[str, List[tuple]]) -> None:
+    """results.json: the thermal normalisation of every seed (config.variants) and row (rows[].thermal_norm)."""
+    per_variant = {name: [norm_record(norm, source) for norm, source in seeds] for name, seeds in norms.items()}
+    for variant in results["config"]["variants"]:
+        variant["thermal_norm"] = per_variant[variant["name"]]
+    for row in results["rows"]:
+        seeds = per_variant[row["variant"]]
+        row["thermal_norm"] = seeds[0] if all(s == seeds[0] for s in seeds) else seeds
+
+
 def run(args: argparse.Namespace) -> Dict:
     """Run the benchmark for parsed ``args``; returns the results written to ``args.out``."""
+    try:
+        override = norm_from_args(args)  # --thermal-norm/--thermal-range override, None: recorded per seed
+    except ValueError as error:
+        raise BenchmarkError(str(error)) from None
     specs: List[VariantSpec] = []
     if not args.no_zeroshot:
         specs.append(zeroshot_spec(args.base_model, None if args.base_pretrained.lower() == "none" else args.base_pretrained))
@@ -165,7 +193,9 @@ def run(args: argparse.Namespace) -> Dict:
     ks = cap_ks(args.recall_k, len(index), what="test set")
     cache = EmbeddingCache(None if args.no_cache else (args.cache_dir or args.out / "embedding_cache"))
     data_id = cache_key(shards=data_fingerprint(urls), keys=index.keys)
-    embeddings = _encode_all(specs, args, urls, index, data_id, cache)
+    norms = {s.name: [seed_norm(s.kind, seed, override, s.name) for seed in s.seeds] for s in specs}
+    _warn_mixed_norms(norms)
+    embeddings = _encode_all(specs, args, urls, index, data_id, cache, norms)
     group_labels = None
     if args.group_field:
         group_labels = [meta.get(args.group_field) for meta in index.metas]
@@ -183,6 +213,7 @@ def run(args: argparse.Namespace) -> Dict:
                                       for s in specs],
                          "clip_benchmark_key_meaning": {"image_retrieval_recall@k": "text->image",
                                                         "text_retrieval_recall@k": "image->text"}}
+    _record_norms(results, norms)
     write_report(results, args.out, plots=not args.no_plots)
     return results
 
