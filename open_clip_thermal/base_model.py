@@ -9,10 +9,11 @@ So the rule here ignores that flag's False and follows the weights:
 * a base built from an OpenCLIP pretrained tag whose pretrained config says ``quick_gelu`` (every
   ``openai`` tag), or from one of our exports that records QuickGELU, gets QuickGELU;
 * a user who really wants GELU on such weights says so with ``force_gelu=True`` (``--force-gelu`` on
-  the trainer and the benchmark) and gets a warning naming what that does.
+  the trainer) and gets a warning naming what that does.
 
-Adapter folders and exports record the activation their model ran with (:func:`activation_of`);
-:func:`check_activation` refuses to load them onto a base with the other one.
+Adapter folders and exports record the activation their model ran with (:func:`activation_of`).
+When one is loaded, that record decides the base's activation (the adapters fit no other); an
+explicit flag that contradicts it makes :func:`check_activation` refuse the load.
 
 Every path that builds a base goes through :func:`build_base` (T-CLIP names, the baselines) or
 :func:`resolve_activation` (stock names the package builds itself: the benchmark's zero-shot rows, the
@@ -61,16 +62,27 @@ def weights_need_quick_gelu(model_name: str, pretrained) -> bool:
     return export_records_quick_gelu(pretrained)
 
 
-def resolve_activation(model_name: str, pretrained, kwargs: dict) -> dict:
+def resolve_activation(model_name: str, pretrained, kwargs: dict, recorded: Optional[str] = None) -> dict:
     """``kwargs`` for ``open_clip.create_model`` with ``force_quick_gelu`` set by the weights.
 
-    Pops :data:`FORCE_GELU`; a ``force_quick_gelu=True`` the caller passed is kept.
+    Pops :data:`FORCE_GELU`; a ``force_quick_gelu=True`` the caller passed is kept. ``recorded`` is
+    the activation an adapter folder or export was trained with: without an explicit flag it decides,
+    because the adapters only fit the base they were trained on.
     """
     kwargs = dict(kwargs)
     force_gelu = bool(kwargs.pop(FORCE_GELU, False))
     if kwargs.get("force_quick_gelu") and force_gelu:
         raise ValueError("force_quick_gelu=True and force_gelu=True contradict each other")
-    if weights_need_quick_gelu(model_name, pretrained):
+    explicit = force_gelu or bool(kwargs.get("force_quick_gelu"))
+    weights_quick = weights_need_quick_gelu(model_name, pretrained)
+    if recorded is not None and not explicit:
+        if weights_quick and recorded == GELU:
+            warnings.warn(f"{model_name} weights {pretrained!r} were trained with QuickGELU, but these adapters were "
+                          "trained on a GELU base (--force-gelu); building GELU to match them", UserWarning,
+                          stacklevel=3)
+        kwargs["force_quick_gelu"] = recorded == QUICK_GELU
+        return kwargs
+    if weights_quick:
         if force_gelu:
             warnings.warn(f"{model_name} weights {pretrained!r} were trained with QuickGELU, but force_gelu=True "
                           "builds the base with GELU: every feature differs from the released model's",
@@ -104,10 +116,10 @@ def check_activation(recorded: Optional[str], model: nn.Module, what: str) -> No
                       f"open_clip_thermal); assuming it matches this base's {actual}", UserWarning, stacklevel=3)
         return
     if recorded != actual:
-        hint = ("pass force_gelu=True (trainer/benchmark: --force-gelu) to build the base with GELU"
-                if recorded == GELU else "build the base from QuickGELU weights, or pass force_quick_gelu=True")
-        raise ValueError(f"{what} was trained on a base with {recorded}, but this base uses {actual}; "
-                         f"its features would be wrong. To load it anyway, {hint}")
+        flag = "force_gelu=True" if recorded == QUICK_GELU else "force_quick_gelu=True"
+        raise ValueError(f"{what} was trained on a base with {recorded}, but this base uses {actual}; its features "
+                         f"would be wrong. Drop {flag}: without a flag, create_model builds the base with the "
+                         "activation the folder records")
 
 
 def export_metadata(model: nn.Module) -> dict:
@@ -130,19 +142,20 @@ def export_records_quick_gelu(path) -> bool:
     return metadata.get("format") == EXPORT_FORMAT and metadata.get("quick_gelu") == "true"
 
 
-def build_base(base_model: str, pretrained: Optional[str], kwargs: dict) -> nn.Module:
+def build_base(base_model: str, pretrained: Optional[str], kwargs: dict, recorded: Optional[str] = None) -> nn.Module:
     """Build the plain OpenCLIP base ``base_model`` with ``pretrained`` weights and the activation they need.
 
     Args:
         base_model: an OpenCLIP architecture name (``'ViT-B-16'``).
         pretrained: an OpenCLIP tag, a checkpoint file, or None (random weights, with a warning).
         kwargs: passed to OpenCLIP's ``create_model`` (may hold ``force_gelu``).
+        recorded: the activation recorded by the adapter folder that will be loaded on this base.
 
     Raises:
         ValueError: ``pretrained`` is neither a tag nor a loadable checkpoint of ``base_model``.
     """
     create = original_create_model()
-    kwargs = resolve_activation(base_model, pretrained, kwargs)
+    kwargs = resolve_activation(base_model, pretrained, kwargs, recorded)
     if pretrained is None:
         warnings.warn(f"T-CLIP base {base_model!r} built with random weights (pretrained=None); "
                       "pass pretrained='openai', a base checkpoint or an adapter folder for real use",

@@ -113,6 +113,15 @@ def _branch_mapping(model_name: str, model: DualLoRAFusion, folders: List[Path],
     return [mapping]
 
 
+def _recorded_activation(folders: List[Path], configs: List[dict]) -> Optional[str]:
+    """The activation the adapter folders were trained with (None: not recorded, or no folder)."""
+    recorded = {config.get("activation") for config in configs} - {None}
+    if len(recorded) > 1:
+        raise AdapterError(f"adapter folders {[str(f) for f in folders]} were trained with different activations "
+                           f"{sorted(recorded)}; they cannot share one base")
+    return recorded.pop() if recorded else None
+
+
 def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
                        lam: Optional[float] = None, fusion: Optional[str] = None,
                        lora: Union[None, dict, LoRAConfig] = None, base_pretrained: Optional[str] = None,
@@ -165,7 +174,7 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
         lora_cfg = lora
     elif lora:
         lora_cfg = LoRAConfig.from_dict({**lora_cfg.to_dict(), **lora})
-    base = build_base(cfg["base_model"], base_weights, kwargs)
+    base = build_base(cfg["base_model"], base_weights, kwargs, _recorded_activation(folders, configs))
     model = DualLoRAFusion(
         base, branches=cfg["branches"], lora=lora_cfg,
         lam=cfg.get("lam", 0.7) if lam is None else lam,

@@ -94,26 +94,35 @@ def test_adapters_record_activation_and_refuse_the_other_one(quick_gelu_tag, tmp
     with torch.no_grad():
         assert torch.equal(model.encode_image(images(2)), reloaded.encode_image(images(2)))
         assert torch.equal(model.encode_text(tokens(2)), reloaded.encode_text(tokens(2)))
-    # the same weights as a plain file carry no tag, so OpenCLIP builds GELU: refused, not mis-scored
-    with pytest.raises(AdapterError, match="trained on a base with quick_gelu, but this base uses gelu"):
-        _quiet(open_clip.create_model, "tclip-tiny-dual", pretrained=str(folder), base_pretrained=quick_gelu_tag)
-    # ... unless the base is told to use QuickGELU
-    forced = _quiet(open_clip.create_model, "tclip-tiny-dual", pretrained=str(folder),
-                    base_pretrained=quick_gelu_tag, force_quick_gelu=True)
-    assert uses_quick_gelu(forced)
+    # the same weights as a plain file carry no tag: the folder's record still gives QuickGELU
+    from_file = _quiet(open_clip.create_model, "tclip-tiny-dual", pretrained=str(folder),
+                       base_pretrained=quick_gelu_tag).eval()
+    assert uses_quick_gelu(from_file)
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(images(2)), from_file.encode_image(images(2)))
+    # a flag that contradicts the record is refused, not mis-scored
+    with pytest.raises(AdapterError, match="trained on a base with quick_gelu, but this base uses gelu.*Drop force_gelu"):
+        _quiet(open_clip.create_model, "tclip-tiny-dual", pretrained=str(folder), force_gelu=True)
 
 
-def test_gelu_adapters_refused_on_quick_gelu_base_and_old_folders_warn(quick_gelu_tag, tmp_path):
-    gelu = _quiet(open_clip.create_model, "tclip-tiny-dual", pretrained=quick_gelu_tag)
+def test_gelu_adapters_rebuild_gelu_and_old_folders_warn(quick_gelu_tag, tmp_path):
+    gelu = _quiet(open_clip.create_model, "tclip-tiny-dual", pretrained=TAG, force_gelu=True)  # --force-gelu
     assert not uses_quick_gelu(gelu)
-    folder = oct.save_adapters(gelu, tmp_path / "gelu")
-    with pytest.raises(AdapterError, match="force_gelu=True"):
-        _quiet(open_clip.create_model, "tclip-tiny-dual", pretrained=str(folder), base_pretrained=TAG)
+    randomise_lora(gelu)
+    folder = oct.save_adapters(gelu.eval(), tmp_path / "gelu")
+    with pytest.warns(UserWarning, match="trained on a GELU base"):
+        reloaded = open_clip.create_model("tclip-tiny-dual", pretrained=str(folder))
+    assert not uses_quick_gelu(reloaded)
+    with torch.no_grad():
+        assert torch.equal(gelu.encode_image(images(2)), reloaded.eval().encode_image(images(2)))
+    with pytest.raises(AdapterError, match="Drop force_quick_gelu"):
+        _quiet(open_clip.create_model, "tclip-tiny-dual", pretrained=str(folder), force_quick_gelu=True)
     config = json.loads((folder / CONFIG_NAME).read_text())
     del config["activation"]  # as written by open_clip_thermal 0.1.0
     (folder / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.warns(UserWarning, match="does not record the activation"):
-        open_clip.create_model("tclip-tiny-dual", pretrained=str(folder))
+        old = open_clip.create_model("tclip-tiny-dual", pretrained=str(folder), base_pretrained=quick_gelu_tag)
+    assert not uses_quick_gelu(old)
 
 
 def test_merged_export_records_quick_gelu(quick_gelu_tag, tmp_path):

@@ -146,7 +146,7 @@ def create_clip_adapter_model(pretrained: Optional[str] = None, *, base_model: O
     with warnings.catch_warnings():
         if config is not None:  # a random base under a folder is what was trained; no need to warn
             warnings.simplefilter("ignore", UserWarning)
-        base = build_base(base_model, base_pretrained, kwargs)
+        base = build_base(base_model, base_pretrained, kwargs, config.get("activation") if config else None)
     model = ClipAdapterModel(base, alpha=DEFAULT_ALPHA if alpha is None else alpha,
                              reduction=DEFAULT_REDUCTION if reduction is None else reduction, output_dict=output_dict)
     model.tclip_info = {"model_name": CLIP_ADAPTER_MODEL, "base_model": base_model, "base_pretrained": base_pretrained}
