@@ -5,11 +5,12 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from ..base_model import activation_of
 from .cache import EmbeddingCache, cache_key
 from ..data.decode import add_norm_arguments, norm_from_args
 from .encode import encode_test_set, norm_record, seed_norm
@@ -123,19 +124,24 @@ def _check_captions(rows, index) -> None:
                                      f"{len(index)} samples in the shards lack '.{CAPTION_FIELDS[caption_type]}'")
 
 
-def _encode_all(specs: Sequence[VariantSpec], args, urls, index, data_id, cache, norms) -> Dict[str, List[dict]]:
-    """One embedding dict per seed of every variant; models sharing weights reuse embeddings."""
+def _encode_all(specs: Sequence[VariantSpec], args, urls, index, data_id, cache,
+                norms) -> Tuple[Dict[str, List[dict]], Dict[str, List[str]]]:
+    """One embedding dict per seed of every variant (models sharing weights reuse embeddings), and
+    the activation each seed's model ran with (recorded in results.json: QuickGELU for 'openai')."""
     shared: Dict[tuple, dict] = {}  # (model, seed) -> embeddings computed so far
+    activation_of_source: Dict[tuple, str] = {}
     embeddings: Dict[str, List[dict]] = {}
+    activations: Dict[str, List[str]] = {}
     for spec in specs:
         needs = {need for row in rows_for(spec) for need in needed_embeddings(row)}
-        embeddings[spec.name] = []
+        embeddings[spec.name], activations[spec.name] = [], []
         for number, seed in enumerate(spec.seeds):
             norm = norms[spec.name][number][0]  # the thermal decoding of this seed (seed_norm)
             source = (spec.kind == "zeroshot", spec.model, seed, norm)
             have = shared.setdefault(source, {})
             if not needs <= set(have):
                 model = build_model(spec, seed)
+                activation_of_source[source] = activation_of(model)
                 label = f"{spec.name}#{number}" if len(spec.seeds) > 1 else spec.name
                 have.update(encode_test_set(model, spec.model, label, needs | set(have), urls, index, data_id, cache,
                                             batch_size=args.batch_size, device=args.device, norm=norm))
@@ -144,7 +150,8 @@ def _encode_all(specs: Sequence[VariantSpec], args, urls, index, data_id, cache,
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
             embeddings[spec.name].append({n: have[n] for n in needs})
-    return embeddings
+            activations[spec.name].append(activation_of_source[source])
+    return embeddings, activations
 
 
 def _warn_mixed_norms(norms: Dict[str, List[tuple]]) -> None:
@@ -195,7 +202,7 @@ def run(args: argparse.Namespace) -> Dict:
     data_id = cache_key(shards=data_fingerprint(urls), keys=index.keys)
     norms = {s.name: [seed_norm(s.kind, seed, override, s.name) for seed in s.seeds] for s in specs}
     _warn_mixed_norms(norms)
-    embeddings = _encode_all(specs, args, urls, index, data_id, cache, norms)
+    embeddings, activations = _encode_all(specs, args, urls, index, data_id, cache, norms)
     group_labels = None
     if args.group_field:
         group_labels = [meta.get(args.group_field) for meta in index.metas]
@@ -209,8 +216,8 @@ def run(args: argparse.Namespace) -> Dict:
                          "caption_match": args.caption_match, "protocol": CAPTION_MATCH_RULES[args.caption_match],
                          "group_field": args.group_field or None,
                          "base_model": args.base_model, "base_pretrained": args.base_pretrained,
-                         "variants": [{"name": s.name, "kind": s.kind, "model": s.model, "seeds": [list(x) for x in s.seeds]}
-                                      for s in specs],
+                         "variants": [{"name": s.name, "kind": s.kind, "model": s.model, "seeds": [list(x) for x in s.seeds],
+                                       "activation": activations[s.name]} for s in specs],
                          "clip_benchmark_key_meaning": {"image_retrieval_recall@k": "text->image",
                                                         "text_retrieval_recall@k": "image->text"}}
     _record_norms(results, norms)
