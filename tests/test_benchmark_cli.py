@@ -3,6 +3,7 @@ import importlib.util
 import io
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -195,3 +196,20 @@ def test_tclip_variants_end_to_end(tmp_path):
     assert (out / "thermal_gap.png").stat().st_size > 0
     md = (out / "results.md").read_text()
     assert "vs. Global LoRA (tclip-dual/folder)" in md and "## λ sweep: tclip-dual" in md
+
+
+def test_part_of_a_split_is_warned_and_recorded(tmp_path):
+    """The converter's sizes.json lists every shard of a split; naming only some of them is loud."""
+    urls = write_shards(tmp_path / "shards")
+    names = [os.path.basename(u) for u in urls]
+    (tmp_path / "shards" / "sizes.json").write_text(json.dumps({names[0]: 7, names[1]: 5, "test-train-000000.tar": 9}))
+    base = ["--base-model", "thermal-vit-tiny", "--base-pretrained", "none", "--recall-k", "1", "--no-plots",
+            "--group-field", ""]
+    with pytest.warns(UserWarning, match=r"leaves out 1 shard\(s\) of .*test-test-\* listed in its sizes.json"):
+        assert main(["--data", urls[0], "--out", str(tmp_path / "part"), *base]) == 0
+    part = json.loads((tmp_path / "part" / "results.json").read_text())
+    assert part["config"]["left_out_shards"] == {str(tmp_path / "shards" / "test-test"): [names[1]]}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*leaves out")
+        assert main(["--data", *urls, "--out", str(tmp_path / "whole"), *base]) == 0  # another split is no concern
+    assert json.loads((tmp_path / "whole" / "results.json").read_text())["config"]["left_out_shards"] == {}

@@ -18,7 +18,7 @@ from .errors import BenchmarkError
 from .evaluate import duplicate_caption_groups, evaluate
 from .report import write_report
 from .retrieval import DEFAULT_RECALL_KS, cap_ks
-from .shards import CAPTION_FIELDS, data_fingerprint, expand_urls, read_sample_index
+from .shards import CAPTION_FIELDS, data_fingerprint, expand_urls, read_sample_index, unlisted_shards
 from .variants import VariantSpec, build_model, check_spec, needed_embeddings, parse_variant, rows_for, zeroshot_spec
 
 _EPILOG = """\
@@ -29,8 +29,8 @@ variant syntax: KIND[/TAG]=MODEL[:WEIGHTS[,WEIGHTS...]]
   WEIGHTS  one seed: adapter folder or checkpoint, 'none' for random init, or for tclip kinds
            GLOBAL_DIR+FG_DIR (two single-branch adapter folders). Several seeds -> mean +- std.
 examples:
-  --variant lora-global=tclip-global:runs/g_s0,runs/g_s1,runs/g_s2
-  --variant tclip=tclip-dual:runs/g_s0+runs/f_s0,runs/g_s1+runs/f_s1
+  --variant lora-global=tclip-global:runs/g_s0/adapters,runs/g_s42/adapters,runs/g_s123/adapters
+  --variant tclip=tclip-dual:runs/g_s0/adapters+runs/f_s0/adapters,runs/g_s42/adapters+runs/f_s42/adapters
   --variant full=ViT-B-16:runs/full/model.safetensors
 definitions (ties, repeated captions, which caption is the query): docs/benchmark.md
 """
@@ -194,6 +194,11 @@ def run(args: argparse.Namespace) -> Dict:
     if not 0 <= args.lam <= 1:
         raise BenchmarkError(f"--lam must lie in [0, 1], got {args.lam}")
     urls = expand_urls(args.data)
+    partial = unlisted_shards(urls)
+    for stem, names in partial.items():
+        warnings.warn(f"--data leaves out {len(names)} shard(s) of {stem}-* listed in its sizes.json (e.g. {names[0]}): "
+                      "these recalls are for part of that split and not comparable with the full test set's; "
+                      "name every shard of the split (a brace range such as STEM-{000000..NNNNNN}.tar)")
     index = read_sample_index(urls)
     rows = [row for spec in specs for row in rows_for(spec)]
     _check_captions(rows, index)
@@ -212,7 +217,7 @@ def run(args: argparse.Namespace) -> Dict:
     groups = None if args.caption_match == "pair" else duplicate_caption_groups(index.captions)
     results = evaluate(rows, embeddings, groups, ks, args.lam, args.lambdas, group_labels,
                        alpha=args.alpha, memory_budget_mb=args.memory_budget_mb, device=args.device)
-    results["config"] = {"shards": urls, "n_samples": len(index), "ks": ks, "lam": args.lam, "lambdas": args.lambdas,
+    results["config"] = {"shards": urls, "left_out_shards": partial, "n_samples": len(index), "ks": ks, "lam": args.lam, "lambdas": args.lambdas,
                          "caption_match": args.caption_match, "protocol": CAPTION_MATCH_RULES[args.caption_match],
                          "group_field": args.group_field or None,
                          "base_model": args.base_model, "base_pretrained": args.base_pretrained,

@@ -6,6 +6,7 @@ the tars itself instead of going through the training loader's tokenised batches
 """
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -54,6 +55,35 @@ def expand_urls(spec: Union[str, Sequence[str]]) -> List[str]:
     if missing:
         raise BenchmarkError(f"{len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]!r}")
     return urls
+
+
+_SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<number>\d{6})\.tar$")
+
+
+def unlisted_shards(urls: Sequence[str]) -> Dict[str, List[str]]:
+    """Shards of the same split that ``urls`` leave out: ``{'DIR/STEM': [missing names]}``.
+
+    Read from the ``sizes.json`` the converter writes beside local shards (``STEM-NNNNNN.tar``, where
+    STEM is ``prefix-split``); a split evaluated on part of its shards gives numbers that cannot be
+    compared with the full test set's. Remote URLs and folders without ``sizes.json`` are not checked.
+    """
+    given: Dict[Tuple[str, str], set] = {}
+    for url in urls:
+        match = _SHARD_NAME.match(os.path.basename(url))
+        if "://" in url or match is None:
+            continue
+        given.setdefault((os.path.dirname(os.path.abspath(url)), match["stem"]), set()).add(os.path.basename(url))
+    missing: Dict[str, List[str]] = {}
+    for (folder, stem), names in given.items():
+        try:
+            with open(os.path.join(folder, "sizes.json"), encoding="utf-8") as f:
+                listed = json.load(f)
+        except (OSError, ValueError):
+            continue
+        same_split = {n for n in listed if (m := _SHARD_NAME.match(n)) is not None and m["stem"] == stem}
+        if same_split - names:
+            missing[os.path.join(folder, stem)] = sorted(same_split - names)
+    return missing
 
 
 def _iter_raw_samples(urls: Sequence[str]) -> Iterator[dict]:
