@@ -13,7 +13,6 @@ weights as a plain OpenCLIP checkpoint that stock ``open_clip.create_model`` loa
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional, Union
 
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .base_model import activation_of, check_activation, export_metadata
+from .files import atomic_write
 from .fusion import DualLoRAFusion
 from .lora import LoRAConfig
 from .version import __version__
@@ -65,19 +65,6 @@ def _branch_tensors(model: DualLoRAFusion, branch: str) -> Dict[str, torch.Tenso
     return tensors
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def adapter_config(model: DualLoRAFusion, branches: Iterable[str]) -> dict:
     """The JSON description saved next to the weights."""
     import open_clip
@@ -110,10 +97,10 @@ def save_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[It
         if b not in model.branches:
             raise AdapterError(f"model has no branch {b!r} (branches: {list(model.branches)})")
         tensors = _branch_tensors(model, b)
-        _atomic_write(folder / b / WEIGHTS_NAME,
+        atomic_write(folder / b / WEIGHTS_NAME,
                       lambda tmp, t=tensors: save_file(t, tmp, metadata={"format": FORMAT, "branch": b}))
     config = adapter_config(model, names)
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
     return folder
 
 
@@ -251,7 +238,7 @@ def export_merged(model: DualLoRAFusion, branch: Optional[str], path: PathLike) 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.merged_state_dict(branch).items()}
     if path.suffix == ".safetensors":
         metadata = dict(export_metadata(model), method=f"tclip-lora:{branch}")
-        _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     else:
-        _atomic_write(path, lambda tmp: torch.save(state, tmp))
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path

@@ -15,8 +15,9 @@ from typing import Optional, Union
 
 from safetensors.torch import save_file
 
-from ..adapters import (CONFIG_NAME, WEIGHTS_NAME, AdapterError, _atomic_write, base_fingerprint,
+from ..adapters import (CONFIG_NAME, WEIGHTS_NAME, AdapterError, base_fingerprint,
                         read_config_file, read_weights_file)
+from ..files import atomic_write
 from ..base_model import activation_of, build_base, check_activation
 from ..version import __version__
 from .clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION, ClipAdapterModel
@@ -63,8 +64,8 @@ def save_clip_adapter(model: ClipAdapterModel, folder: PathLike) -> Path:
         "open_clip_version": open_clip.__version__,
         "open_clip_thermal_version": __version__,
     }
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": CLIP_ADAPTER_FORMAT}))
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": CLIP_ADAPTER_FORMAT}))
+    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
     return folder
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from ..adapters import _atomic_write
+from ..files import atomic_write
 from ..base_model import EXPORT_FORMAT, export_metadata, export_records_quick_gelu, uses_quick_gelu  # noqa: F401
 
 EXPORT_NAME = "model.safetensors"
@@ -32,7 +32,7 @@ def save_openclip_weights(model: nn.Module, path: Union[str, os.PathLike]) -> Pa
     """Write :func:`openclip_state_dict` of ``model`` to ``path`` as safetensors, atomically."""
     path = Path(path)
     state = openclip_state_dict(model)
-    _atomic_write(path, lambda tmp: save_file(state, tmp, metadata=export_metadata(model)))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=export_metadata(model)))
     return path
 
 

@@ -8,6 +8,13 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from ..files import atomic_write, atomic_write_text
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a file object: np.save would append '.npy' to a name
+        np.save(handle, array)
+
 
 def hash_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over names, dtypes, shapes and bytes of every tensor: changes whenever a weight does."""
@@ -61,7 +68,5 @@ class EmbeddingCache:
         if self.root is None:
             return
         array = tensor.detach().cpu().float().numpy()
-        tmp = self.root / f".{key}.{os.getpid()}.tmp.npy"
-        np.save(tmp, array)
-        os.replace(tmp, self.root / f"{key}.npy")
-        (self.root / f"{key}.json").write_text(json.dumps(dict(note), indent=2, default=str))
+        atomic_write(self.root / f"{key}.npy", lambda tmp: _save_npy(tmp, array))
+        atomic_write_text(self.root / f"{key}.json", json.dumps(dict(note), indent=2, default=str))

@@ -5,6 +5,7 @@ from collections import Counter
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Dict, List
 
+from ..files import atomic_write_json
 from ..text_stats import caption_token_stats
 from ..version import __version__
 from .annotations import Skipped
@@ -16,12 +17,8 @@ MANIFEST_VERSION = 1
 
 
 def write_json_atomic(path: str, content: Any) -> None:
-    """Write JSON to a temporary name and rename it, so readers never see half a file."""
-    temporary = path + ".partial"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(temporary, path)
+    """The manifest's JSON (sorted keys), written atomically (``files.atomic_write_json``)."""
+    atomic_write_json(path, content, sort_keys=True)
 
 
 def write_sizes(output_dir: str, sizes: Dict[str, int], prefix: str) -> Dict[str, int]:

@@ -12,7 +12,6 @@ Every scene is drawn from its own ``(seed, split, index)`` stream, so splits are
 any single sample can be regenerated alone.
 """
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Optional
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..files import atomic_write
 from .captions import fine_grained_thermal_caption, global_thermal_caption, rgb_caption
 from .layout import rasterize
 from .render_rgb import render_rgb
@@ -141,13 +141,14 @@ def generate_dataset(out_dir, num_train: int = 1000, num_val: int = 200, num_tes
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     annotation_path = out_dir / ANNOTATION_FILE
-    tmp_path = annotation_path.with_name(annotation_path.name + ".tmp")
-    with open(tmp_path, "w", encoding="utf-8") as f:
-        for split, n in counts.items():
-            for sample in iter_samples(seed, split, n, size, bit_depth, progress):
-                f.write(json.dumps(write_sample(sample, out_dir, bit_depth)) + "\n")
+    def write_annotations(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for split, n in counts.items():
+                for sample in iter_samples(seed, split, n, size, bit_depth, progress):
+                    f.write(json.dumps(write_sample(sample, out_dir, bit_depth)) + "\n")
+
     # The annotation file appears only once complete, so a crash never leaves a half dataset.
-    os.replace(tmp_path, annotation_path)
+    atomic_write(annotation_path, write_annotations)
     info = {"seed": seed, "size": size, "bit_depth": bit_depth, "counts": counts,
             "annotations": ANNOTATION_FILE, "image_root": "."}
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -28,6 +28,7 @@ from open_clip_train.scheduler import cosine_lr
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from ..files import atomic_write, atomic_write_json
 from .captions import rgb_caption
 from .dataset import iter_samples
 from .render_rgb import render_rgb
@@ -213,11 +214,9 @@ def save_proxy_checkpoint(model: torch.nn.Module, path, metadata: Optional[Dict[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.chmod(tmp, 0o644)  # the temporary file is private; the cached checkpoint need not be
-    os.replace(tmp, path)
-    return path
+    # the temporary file is private; the cached checkpoint need not be
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()}),
+                        mode=0o644)
 
 
 def checkpoint_path(cache_dir, recipe: ProxyRecipe, seed: int) -> Path:
@@ -250,9 +249,7 @@ def pretrain_proxy(out_path, recipe: Optional[ProxyRecipe] = None, seed: int = 0
                                             "simulator_version": SIMULATOR_VERSION})
     report["checkpoint"] = str(out_path)
     report_path = out_path.with_suffix(".json")
-    tmp = report_path.with_name(f".{report_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, report_path)
+    atomic_write_json(report_path, report)
     return report
 
 

@@ -31,8 +31,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Union
@@ -42,6 +40,7 @@ import torch
 import torch.nn as nn
 
 from ..adapters import THERMAL_NORM_ATTR, load_adapters, read_adapter_config, save_adapters
+from ..files import atomic_replace_dir
 from ..data.decode import ThermalNorm
 from ..base_model import FORCE_GELU, resolve_activation
 from ..baselines import (EXPORT_NAME, ClipAdapterModel, DeclipConfig, DeclipLoss, DeclipModel, save_clip_adapter,
@@ -279,19 +278,8 @@ class TrainerHooks:
 
     def _write_adapters(self, folder: Path) -> None:
         """Write to a fresh temporary folder, then swap it in, so readers never see half a folder."""
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
-        if isinstance(self.model, ClipAdapterModel):
-            save_clip_adapter(self.model, tmp)
-        else:
-            save_adapters(self.model, tmp)
-        if folder.exists():
-            old = folder.with_name(folder.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        save = save_clip_adapter if isinstance(self.model, ClipAdapterModel) else save_adapters
+        atomic_replace_dir(folder, lambda tmp: save(self.model, tmp))
 
     # ------------------------------------------------------------------ optimizer hooks
     def _clip_per_branch(self, optimizer, args, kwargs):
