@@ -143,8 +143,11 @@ def _encode_all(specs: Sequence[VariantSpec], args, urls, index, data_id, cache,
                 model = build_model(spec, seed)
                 activation_of_source[source] = activation_of(model)
                 label = f"{spec.name}#{number}" if len(spec.seeds) > 1 else spec.name
+                weights = "+".join("none" if w is None else str(w) for w in seed)
+                who = f"variant {spec.name}" + (f", seed {number + 1} of {len(spec.seeds)}" if len(spec.seeds) > 1 else "")
                 have.update(encode_test_set(model, spec.model, label, needs | set(have), urls, index, data_id, cache,
-                                            batch_size=args.batch_size, device=args.device, norm=norm))
+                                            batch_size=args.batch_size, device=args.device, norm=norm,
+                                            who=f"{who} (model {spec.model!r}, weights {weights!r})"))
                 del model
                 gc.collect()
                 if torch.cuda.is_available():
@@ -193,6 +196,11 @@ def run(args: argparse.Namespace) -> Dict:
         check_spec(spec)
     if not 0 <= args.lam <= 1:
         raise BenchmarkError(f"--lam must lie in [0, 1], got {args.lam}")
+    if not args.recall_k:
+        raise BenchmarkError("--recall-k names no K value; give comma-separated integers >= 1, e.g. 1,5,10")
+    bad_ks = [k for k in args.recall_k if k < 1]
+    if bad_ks:
+        raise BenchmarkError(f"--recall-k values must be >= 1 (Recall@K counts the top K items), got {bad_ks}")
     urls = expand_urls(args.data)
     partial = unlisted_shards(urls)
     for stem, names in partial.items():

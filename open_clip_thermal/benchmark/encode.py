@@ -141,10 +141,26 @@ def _encode_texts(model, tokenizer, branches: Sequence[Optional[str]], captions:
     return {b: torch.cat(c) for b, c in chunks.items()}
 
 
+def check_finite(embeddings: Dict[EmbeddingKey, torch.Tensor], index: SampleIndex, who: str) -> None:
+    """Refuse NaN or infinite embeddings (diverged or corrupt weights), naming ``who`` produced them.
+
+    Raises:
+        BenchmarkError: with the variant/seed in ``who``, the embedding kind and the first bad sample.
+    """
+    for (branch, what), tensor in sorted(embeddings.items(), key=str):
+        finite = torch.isfinite(tensor).reshape(tensor.shape[0], -1).all(dim=1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten()
+            kind = f"{what if what == 'image' else what + ' caption'} embeddings" + (f" of branch {branch}" if branch else "")
+            raise BenchmarkError(f"{who}: the model produced NaN or infinite {kind} for {len(bad)} of "
+                                 f"{len(finite)} samples (first: {index.keys[int(bad[0])]!r}); its weights are "
+                                 f"probably broken (diverged training?), so it has no recall to report")
+
+
 def encode_test_set(model: torch.nn.Module, model_name: str, label: str, needs: Set[EmbeddingKey],
                     urls: Sequence[str], index: SampleIndex, data_id, cache: EmbeddingCache,
                     batch_size: int = 64, device: str = "cpu",
-                    norm: Optional[ThermalNorm] = None) -> Dict[EmbeddingKey, torch.Tensor]:
+                    norm: Optional[ThermalNorm] = None, who: Optional[str] = None) -> Dict[EmbeddingKey, torch.Tensor]:
     """Embeddings (N, D) of the test set for every (branch, image|caption type) in ``needs``.
 
     Each entry is looked up in ``cache`` under a key made of the model's weight hash, the shard
@@ -153,8 +169,10 @@ def encode_test_set(model: torch.nn.Module, model_name: str, label: str, needs: 
     which is part of the image cache key.
 
     Raises:
-        BenchmarkError: a needed caption type is missing from some samples.
+        BenchmarkError: a needed caption type is missing from some samples, or the model produced NaN or
+            infinite embeddings (named by ``who``, default ``label``; such embeddings are never cached).
     """
+    who = who or label
     preprocess = model_preprocess(model)
     tokenizer = model_tokenizer(model_name)
     weights = hash_state_dict(model.state_dict())
@@ -167,6 +185,7 @@ def encode_test_set(model: torch.nn.Module, model_name: str, label: str, needs: 
     result = {need: t for need, t in result.items() if t is not None and t.shape[0] == len(index)}
     missing = [need for need in sorted(needs, key=str) if need not in result]
     if not missing:
+        check_finite(result, index, who)
         return result
     model = model.to(device)
     fresh: Dict[EmbeddingKey, torch.Tensor] = {}
@@ -187,6 +206,7 @@ def encode_test_set(model: torch.nn.Module, model_name: str, label: str, needs: 
             for b, feats in _encode_texts(model, tokenizer, branches, captions, batch_size, device,
                                           f"{label} {caption_type}").items():
                 fresh[(b, caption_type)] = feats
+    check_finite({**result, **fresh}, index, who)
     for need, tensor in fresh.items():
         cache.save(keys[need], tensor, {"label": label, "model": model_name, "branch": need[0], "what": need[1],
                                         "count": tensor.shape[0]})

@@ -146,9 +146,15 @@ def evaluate(rows: Sequence[Row], embeddings: Mapping[str, Sequence[Embeddings]]
                 sweep[mode] = {"mean_recall": scores, "recall_at_1": {d: [s[d][min(ks)]["mean"] for s in summaries] for d in DIRECTIONS},
                                "best_lambda": float(lambdas[int(np.argmax(scores))]), "best_mean_recall": float(max(scores))}
             sweeps[row.label] = sweep
+    n_pairs = min(c.size for c in cosines.values())
+    note = None
+    if len(cosines) > 1 and n_pairs < 2:  # a variance needs two values: no t-test on a one-pair test set
+        note = (f"Welch's t-tests skipped: they need at least 2 pairs per row, "
+                f"the test set has {n_pairs} pair{'s' if n_pairs != 1 else ''}.")
     gap = {"per_row": {label: {"mean": float(c.mean()), "std": float(c.std(ddof=1)) if c.size > 1 else None, "n": int(c.size)}
                        for label, c in cosines.items()},
-           "tests": pairwise_welch_tests(cosines, alpha=alpha) if len(cosines) > 1 else [], "alpha": alpha}
+           "tests": pairwise_welch_tests(cosines, alpha=alpha) if len(cosines) > 1 and note is None else [],
+           "alpha": alpha, "note": note}
     geometry = {}
     if group_labels is not None:
         # Variants built from the same weights (tclip-global/-fg/-dual of one run) share image

@@ -67,6 +67,8 @@ def render_markdown(results: Mapping) -> str:
     out += _table(["Method", "mean cosine", "std", "n"],
                   [[label, f"{c['mean']:.4f}", f"{c['std']:.4f}" if c["std"] is not None else "", str(c["n"])]
                    for label, c in gap["per_row"].items()])
+    if gap.get("note"):
+        out += ["", gap["note"]]
     if gap["tests"]:
         out += ["", f"Welch's t-test between every pair, Benjamini–Hochberg adjusted (FDR {gap['alpha']}).", ""]
         out += _table(["A", "B", "mean A", "mean B", "t", "p", "p (BH)", "significant"],

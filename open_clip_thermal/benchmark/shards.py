@@ -16,9 +16,11 @@ import webdataset as wds
 from PIL import Image
 
 from ..data.decode import ThermalNorm, decode_with, thermal_to_pil
+# The thermal members the training loader reads (a superset of what the converter writes), in the
+# loader's order of preference: the benchmark decodes the same member of a sample as training did.
+from ..data.loader import THERMAL_EXTENSIONS as IMAGE_EXTENSIONS
 from .errors import BenchmarkError
 
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff")
 GLOBAL, FINE_GRAINED = "global", "fine_grained"
 CAPTION_FIELDS = {GLOBAL: "txt", FINE_GRAINED: "fg.txt"}
 
