@@ -201,6 +201,8 @@ def run(args: argparse.Namespace) -> Dict:
     bad_ks = [k for k in args.recall_k if k < 1]
     if bad_ks:
         raise BenchmarkError(f"--recall-k values must be >= 1 (Recall@K counts the top K items), got {bad_ks}")
+    if args.batch_size < 1:
+        raise BenchmarkError(f"--batch-size must be >= 1, got {args.batch_size}")
     urls = expand_urls(args.data)
     partial = unlisted_shards(urls)
     for stem, names in partial.items():

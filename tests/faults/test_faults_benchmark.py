@@ -56,6 +56,14 @@ def test_empty_recall_k_is_a_one_line_error(tmp_path, capsys):
     assert "--recall-k" in _one_line_error(capsys)
 
 
+@pytest.mark.parametrize("size", ["0", "=-3"])
+def test_non_positive_batch_size_is_a_one_line_error(size, tmp_path, capsys):
+    urls = write_shards(tmp_path / "shards", count=4)
+    flag = ["--batch-size" + size] if size.startswith("=") else ["--batch-size", size]
+    assert main(["--data", *urls, "--out", str(tmp_path / "out"), *ZEROSHOT, "--recall-k", "1", *flag]) == 2
+    assert "--batch-size" in _one_line_error(capsys)
+
+
 # ----------------------------------------------------------------------------- 1c: NaN embeddings
 
 def _nan_adapter(name, folder):
