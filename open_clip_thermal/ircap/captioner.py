@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional
 
 import fsspec
 
-from .client import CaptionRequestError, ChatCompletionsClient, Completion
+from .client import AuthenticationError, CaptionRequestError, ChatCompletionsClient, Completion
 from .prompts import CAPTION_KINDS, PromptSet, caption_messages, fix_messages
 from .quality import RGBHallucinationLint
 from .records import PASSTHROUGH_FIELDS
@@ -22,13 +22,20 @@ RECORD_FORMAT = 1  # bump when the ``ircap`` provenance object changes shape
 
 
 class CaptionFailure(Exception):
-    """A pair that could not be captioned in this run; ``stage`` is ``input`` or a caption kind."""
+    """A pair that could not be captioned in this run; ``stage`` is ``input`` or a caption kind.
 
-    def __init__(self, stage: str, reason: str, attempts: int = 0):
+    ``auth`` marks a 401/403 (the run should stop); ``sent`` is False when the failing request
+    was never sent because an earlier one was rejected.
+    """
+
+    def __init__(self, stage: str, reason: str, attempts: int = 0, auth: bool = False,
+                 sent: bool = True):
         super().__init__(f"{stage}: {reason}")
         self.stage = stage
         self.reason = reason
         self.attempts = attempts
+        self.auth = auth
+        self.sent = sent
 
 
 def resolve_path(path: str, root: Optional[str]) -> str:
@@ -106,6 +113,8 @@ class Captioner:
     def _ask(self, kind: str, messages: List[dict], should_stop) -> Completion:
         try:
             return self.client.complete(messages, should_stop)
+        except AuthenticationError as exc:
+            raise CaptionFailure(kind, exc.reason, exc.attempts, auth=True, sent=exc.sent) from None
         except CaptionRequestError as exc:
             raise CaptionFailure(kind, exc.reason, exc.attempts) from None
 

@@ -2,16 +2,35 @@
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+class _RefuseKeyOnCommandLine(argparse.Action):
+    """``--api-key``: refused, without echoing the value (argparse's own error would)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error("--api-key is not accepted: a key on the command line ends up in the shell "
+                     "history and the process list. Export it and pass the variable's NAME with "
+                     "--api-key-env (default OPENAI_API_KEY).")
+
+
+def _check_env_name(name: str) -> str:
+    # A value that cannot be a variable name is most likely the key itself: refuse it unseen.
+    if not _ENV_NAME.fullmatch(name):
+        raise ValueError("--api-key-env takes the name of an environment variable (letters, "
+                         "digits, '_'), not the key; the value given is not shown")
+    return name
 
 
 def _add_caption_parser(sub) -> None:
     p = sub.add_parser(
-        "caption", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "caption", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
         help="caption RGB/thermal pairs through an OpenAI-compatible VLM server",
         description="Send every pair's RGB image with the global and the fine-grained IR-Cap "
                     "prompt to a chat-completions server and append one record per pair to "
@@ -32,11 +51,17 @@ def _add_caption_parser(sub) -> None:
     p.add_argument("--api-key-env", default=DEFAULT_API_KEY_ENV,
                    help="environment variable holding the API key; unset means no auth header. "
                         "The key is never printed or written")
+    p.add_argument("--api-key", nargs="?", action=_RefuseKeyOnCommandLine, help=argparse.SUPPRESS)
     p.add_argument("--prompts", default=None,
                    help="folder with global.txt / fine_grained.txt / fix_hallucination.txt "
                         "overriding the shipped prompts (missing files fall back)")
     p.add_argument("--concurrency", type=int, default=8, help="pairs in flight at once")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request attempt")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds one request attempt may take in all (connect, send, wait for "
+                        "and receive the answer); a server trickling bytes is cut off here")
+    p.add_argument("--max-response-bytes", type=int, default=8 * 1024 * 1024,
+                   help="cap on one answer's body; a larger or endless answer fails the request "
+                        "(not retried)")
     p.add_argument("--max-attempts", type=int, default=5,
                    help="tries per request, first included, on timeouts, 5xx, 429 and "
                         "malformed answers")
@@ -63,7 +88,7 @@ def _add_caption_parser(sub) -> None:
 
 def _add_report_parser(sub) -> None:
     p = sub.add_parser(
-        "report", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "report", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
         help="caption-quality report (lint, coverage, CLIP-token lengths)",
         description="Lint captions for RGB words, measure attribute coverage beside the "
                     "paper's numbers and caption lengths in CLIP tokens; writes JSON + Markdown "
@@ -86,7 +111,7 @@ def _add_report_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``ircap`` argument parser with its two sub-commands."""
     parser = argparse.ArgumentParser(
-        prog="python -m open_clip_thermal.ircap",
+        prog="python -m open_clip_thermal.ircap", allow_abbrev=False,
         description="IR-Cap: RGB-anchored dual-prompt thermal captions from a vision-language "
                     "server, and their quality report. See docs/ircap.md.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,7 +133,7 @@ def _shorten_data_urls(obj):
 
 
 def _caption(args) -> int:
-    from .client import ChatCompletionsClient, RetryPolicy
+    from .client import ChatCompletionsClient, RetryPolicy, redact_url
     from .pipeline import Captioner, default_errors_path, pending_pairs, run_captioning
     from .prompts import load_prompt_set
     from .records import read_pairs
@@ -121,28 +146,29 @@ def _caption(args) -> int:
         raise ValueError(f"--extra-body is not valid JSON ({exc}): {args.extra_body!r}") from None
     if extra is not None and not isinstance(extra, dict):
         raise ValueError(f"--extra-body must be a JSON object, got {args.extra_body!r}")
-    api_key = os.environ.get(args.api_key_env) or None
+    api_key = os.environ.get(_check_env_name(args.api_key_env)) or None
     retry = RetryPolicy(max_attempts=args.max_attempts, base_delay=args.backoff,
                         max_delay=args.backoff_max, max_retry_after=args.max_retry_after)
     client = ChatCompletionsClient(
         args.server_url, args.model, api_key=api_key, timeout=args.timeout, retry=retry,
         temperature=args.temperature, max_tokens=args.max_tokens, extra_body=extra,
-        max_connections=args.concurrency)
+        max_connections=args.concurrency, max_response_bytes=args.max_response_bytes)
     captioner = Captioner(client, prompts, rgb_root=args.rgb_root,
                           fix_hallucinations=args.fix_hallucinations,
                           max_fix_rounds=args.max_fix_rounds)
     try:
         if args.dry_run:
+            show = client.redact  # nothing printed here may carry the key
             pending, _, done = pending_pairs(pairs, args.out, args.limit)
-            print(f"POST {client.endpoint}")
+            print(show(f"POST {redact_url(client.endpoint)}"))
             print(f"Authorization: {'Bearer ***' if api_key else '(none; $' + args.api_key_env + ' unset)'}")
             print(f"prompts: {json.dumps(prompts.versions())}")
             print(f"pairs: {len(pairs)}, already captioned: {done}, to caption: {len(pending)}, "
                   f"requests: {2 * len(pending)} without retries or re-asks")
             if pending:
                 body = captioner.first_request(pending[0])
-                print(f"first request (pair {pending[0]['id']!r}, global prompt):")
-                print(json.dumps(_shorten_data_urls(body), indent=2, ensure_ascii=False))
+                print(show(f"first request (pair {pending[0]['id']!r}, global prompt):"))
+                print(show(json.dumps(_shorten_data_urls(body), indent=2, ensure_ascii=False)))
             return 0
         errors_path = args.errors or default_errors_path(args.out)
         summary = run_captioning(pairs, captioner, args.out, errors_path,
@@ -150,7 +176,14 @@ def _caption(args) -> int:
                                  progress=not args.no_progress)
     finally:
         client.close()
-    print(json.dumps(summary.as_dict()), file=sys.stderr)
+    print(client.redact(json.dumps(summary.as_dict())), file=sys.stderr)
+    if summary.auth_error is not None:
+        print(client.redact(
+            f"error: authentication failed: the server answered {summary.auth_error}. Stopped: "
+            f"{summary.requests_sent} request{'s' if summary.requests_sent != 1 else ''} sent, "
+            f"{summary.not_sent} pair{'s' if summary.not_sent != 1 else ''} not sent (a re-run "
+            f"tries them). Check ${args.api_key_env} (--api-key-env)."), file=sys.stderr)
+        return 2
     if summary.interrupted:
         return 130
     return 0 if summary.failed == 0 else 1
@@ -183,7 +216,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     Returns:
         Exit status: 0 success; 1 some pairs failed (see the errors file); 2 bad input or
-        flags; 130 interrupted.
+        flags, or the server rejected the API key (401/403; the run stops there); 130
+        interrupted.
     """
     args = build_parser().parse_args(argv)
     try:

@@ -6,19 +6,35 @@ jitter, a hard attempt bound) so that every attempt is counted in the caption re
 would add a dependency and a second, hidden retry loop on top of ours.
 
 The API key is taken by the caller from an environment variable and only ever placed in the
-``Authorization`` header; it is never logged, printed or written to a record.
+``Authorization`` header; it is never logged, printed or written to a record. Error reasons pass
+through :class:`Redactor`, so a server that echoes the key back cannot put it into the errors file.
+
+Limits on one attempt (both enforced while the answer streams in, never after):
+
+* ``timeout`` is a **total deadline** for the attempt, connect + send + headers + body. Every
+  socket operation waits at most for what is left of it, so a server that trickles one byte at a
+  time (headers or body) cannot keep a request alive past ``timeout`` seconds.
+* ``max_response_bytes`` caps the (decoded) answer body; a larger or endless answer fails the
+  request at once with ``response too large`` and is not retried.
 """
 import email.utils
 import json
 import random
+import re
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 from urllib.parse import urlsplit, urlunsplit
 
+import httpcore
 import httpx
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+AUTH_STATUS = frozenset({401, 403})
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # a caption answer is a few KiB
+ERROR_SNIPPET_BYTES = 64 * 1024  # read at most this much of an error body for its message
 
 
 class TransientError(Exception):
@@ -40,8 +56,125 @@ class CaptionRequestError(Exception):
         self.history = history
 
 
+class AuthenticationError(CaptionRequestError):
+    """HTTP 401/403: the key is missing, wrong or not allowed. Retrying or going on is pointless.
+
+    ``sent`` is False when the request was refused locally because an earlier one got the 401/403.
+    """
+
+    def __init__(self, reason: str, attempts: int, history: List[str], sent: bool = True):
+        super().__init__(reason, attempts, history)
+        self.sent = sent
+
+
 class StopRequested(Exception):
     """Raised between attempts when the caller asked to stop (Ctrl-C)."""
+
+
+_BEARER = re.compile(r"(?i)\b(bearer)(\s+)[^\s\"',;}\]]+")
+_AUTH_HEADER = re.compile(r"(?i)(\b(?:proxy-)?authorization\b[\"']?\s*[:=]\s*[\"']?)"
+                          r"(?!bearer\s)([^\s\"',;}\]]+)")
+
+
+class Redactor:
+    """Masks secrets in text bound for a file, the terminal or a log.
+
+    Replaces every occurrence of the given secrets (the API key) and the value of anything that
+    looks like an ``Authorization`` header (``Bearer <token>``, ``Authorization: <value>``) with
+    ``***``. :meth:`scrub` does the same for every string inside a JSON-like object.
+    """
+
+    def __init__(self, *secrets: Optional[str]):
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        text = _BEARER.sub(lambda m: m.group(1) + m.group(2) + "***", text)
+        return _AUTH_HEADER.sub(lambda m: m.group(1) + "***", text)
+
+    def scrub(self, obj):
+        """``obj`` with every string (keys included) redacted."""
+        if isinstance(obj, str):
+            return self(obj)
+        if isinstance(obj, dict):
+            return {self.scrub(k): self.scrub(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [self.scrub(v) for v in obj]
+        return obj
+
+
+# ---- total deadline per attempt -------------------------------------------------------------
+# httpx's timeouts bound each socket operation, so a server sending a byte every few seconds
+# never trips them. The client therefore sets a per-thread deadline for each attempt and this
+# network backend shortens every connect / read / write to what is left of it.
+_deadline = threading.local()
+
+
+def _left(timeout: Optional[float], exc_type) -> Optional[float]:
+    end = getattr(_deadline, "end", None)
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise exc_type("request deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, stream):
+        self._stream = stream
+
+    def read(self, max_bytes, timeout=None):
+        return self._stream.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer, timeout=None):
+        return self._stream.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self):
+        return self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        return _DeadlineStream(self._stream.start_tls(
+            ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info):
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, backend):
+        self._backend = backend
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        return _DeadlineStream(self._backend.connect_tcp(
+            host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options))
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return _DeadlineStream(self._backend.connect_unix_socket(
+            path, _left(timeout, httpcore.ConnectTimeout), socket_options))
+
+    def sleep(self, seconds):
+        return self._backend.sleep(seconds)
+
+
+def _env_proxy(url: str) -> Optional[str]:
+    # httpx ignores the *_proxy environment when given a transport; honour it here instead.
+    parts = urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
+def _deadline_transport(url: str, limits: httpx.Limits) -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport(limits=limits, proxy=_env_proxy(url))
+    # httpx has no public hook for the network backend; its pool (httpcore) keeps it here.
+    # tests/faults/test_faults_ircap.py fails if a new httpx moves it.
+    pool = getattr(transport, "_pool", None)
+    if pool is not None and hasattr(pool, "_network_backend"):
+        pool._network_backend = _DeadlineBackend(pool._network_backend)
+    return transport
 
 
 @dataclass
@@ -136,7 +269,7 @@ class ChatCompletionsClient:
         base_url: server root including the API prefix, e.g. ``http://localhost:8000/v1``.
         model: model name the server knows (``--model``).
         api_key: bearer token, or None for servers without auth.
-        timeout: seconds for connect / read / write of one attempt.
+        timeout: seconds one attempt may take in all (connect, send, wait, receive).
         retry: the retry policy.
         temperature: sampling temperature sent with every request.
         max_tokens: cap on the caption length in model tokens.
@@ -144,13 +277,19 @@ class ChatCompletionsClient:
         max_connections: size of the shared connection pool (use the concurrency).
         sleep: function used to wait between attempts (tests pass a recorder).
         seed: seed of the jitter generator, for reproducible back-off in tests.
+        max_response_bytes: cap on an answer body; a larger one fails the request unretried.
+
+    Once a server answers 401/403, every later :meth:`complete` raises
+    :class:`AuthenticationError` without sending anything. ``requests_sent`` counts the attempts
+    that went out.
     """
 
     def __init__(self, base_url: str, model: str, api_key: Optional[str] = None,
                  timeout: float = 120.0, retry: Optional[RetryPolicy] = None,
                  temperature: float = 0.2, max_tokens: int = 400,
                  extra_body: Optional[dict] = None, max_connections: int = 8,
-                 sleep: Callable[[float], None] = time.sleep, seed: Optional[int] = None):
+                 sleep: Callable[[float], None] = time.sleep, seed: Optional[int] = None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"--server-url must start with http:// or https://, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
@@ -160,15 +299,25 @@ class ChatCompletionsClient:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.extra_body = dict(extra_body or {})
+        if timeout <= 0:
+            raise ValueError(f"--timeout must be > 0, got {timeout}")
+        if max_response_bytes < 1:
+            raise ValueError(f"--max-response-bytes must be >= 1, got {max_response_bytes}")
+        self.timeout = float(timeout)
+        self.max_response_bytes = int(max_response_bytes)
+        self.redact = Redactor(api_key)
+        self.requests_sent = 0
+        self.auth_failure: Optional[str] = None  # reason of the first 401/403, if any
+        self._count_lock = threading.Lock()
         self._sleep = sleep
         self._rng = random.Random(seed)
         headers = {"Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._http = httpx.Client(
-            headers=headers, timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections))
+        limits = httpx.Limits(max_connections=max_connections,
+                              max_keepalive_connections=max_connections)
+        self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout),
+                                  transport=_deadline_transport(self.endpoint, limits))
 
     @property
     def server(self) -> str:
@@ -182,21 +331,52 @@ class ChatCompletionsClient:
         body.update(self.extra_body)
         return body
 
+    def _read_capped(self, response: httpx.Response, cap: int, fail: bool) -> bytes:
+        # Streams the body; stops at ``cap`` bytes (an error when ``fail``, else truncates).
+        declared = response.headers.get("Content-Length", "")
+        if fail and declared.isdigit() and int(declared) > cap:
+            raise CaptionRequestError(
+                f"response too large: Content-Length {declared} > {cap} bytes "
+                "(--max-response-bytes)", 1, [])
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                if fail:
+                    raise CaptionRequestError(
+                        f"response too large: more than {cap} bytes (--max-response-bytes)", 1, [])
+                break
+        return b"".join(chunks)[:cap]
+
     def _attempt(self, body: dict) -> Completion:
+        with self._count_lock:
+            self.requests_sent += 1
+        _deadline.end = time.monotonic() + self.timeout
         try:
-            response = self._http.post(self.endpoint, json=body)
+            with self._http.stream("POST", self.endpoint, json=body) as response:
+                status = response.status_code
+                if status in RETRYABLE_STATUS:
+                    raise TransientError(f"HTTP {status}",
+                                         parse_retry_after(response.headers.get("Retry-After")))
+                if status >= 400:
+                    raw = self._read_capped(response, ERROR_SNIPPET_BYTES, fail=False)
+                    snippet = raw.decode("utf-8", "replace")[:200].replace("\n", " ")
+                    reason = self.redact(f"HTTP {status}: {snippet}")
+                    if status in AUTH_STATUS:
+                        raise AuthenticationError(reason, 1, [])
+                    raise CaptionRequestError(reason, 1, [])
+                raw = self._read_capped(response, self.max_response_bytes, fail=True)
         except httpx.TimeoutException as exc:
-            raise TransientError(f"timeout ({type(exc).__name__})") from None
+            raise TransientError(f"timeout ({type(exc).__name__}; --timeout {self.timeout:g} s "
+                                 "bounds the whole request)") from None
         except httpx.TransportError as exc:
-            raise TransientError(f"connection error ({type(exc).__name__}: {exc})") from None
-        if response.status_code in RETRYABLE_STATUS:
-            raise TransientError(f"HTTP {response.status_code}",
-                                 parse_retry_after(response.headers.get("Retry-After")))
-        if response.status_code >= 400:
-            snippet = response.text[:200].replace("\n", " ")
-            raise CaptionRequestError(f"HTTP {response.status_code}: {snippet}", 1, [])
+            raise TransientError(
+                self.redact(f"connection error ({type(exc).__name__}: {exc})")) from None
+        finally:
+            _deadline.end = None
         try:
-            body_json = response.json()
+            body_json = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise TransientError("malformed response: body is not JSON") from None
         text, finish_reason, usage = extract_text(body_json)
@@ -216,16 +396,24 @@ class ChatCompletionsClient:
             The completion, with the attempts used and the failures met on the way.
 
         Raises:
-            CaptionRequestError: permanent HTTP error (4xx other than 408/409/425/429) or all
-                attempts failed.
+            CaptionRequestError: permanent HTTP error (4xx other than 408/409/425/429), an answer
+                over ``max_response_bytes``, or all attempts failed.
+            AuthenticationError: HTTP 401/403, now or in an earlier request of this client.
             StopRequested: ``should_stop`` became true between attempts.
         """
         body = self.payload(messages)
         start = time.monotonic()
         history: List[str] = []
         for attempt in range(1, self.retry.max_attempts + 1):
+            if self.auth_failure is not None:
+                reason = f"not sent: the server rejected the API key earlier ({self.auth_failure})"
+                raise AuthenticationError(reason, attempt - 1, history + [reason], sent=False)
             try:
                 result = self._attempt(body)
+            except AuthenticationError as exc:
+                if self.auth_failure is None:
+                    self.auth_failure = exc.reason
+                raise AuthenticationError(exc.reason, attempt, history + [exc.reason]) from None
             except CaptionRequestError as exc:
                 raise CaptionRequestError(exc.reason, attempt, history + [exc.reason]) from None
             except TransientError as exc:

@@ -19,7 +19,8 @@ from typing import Dict, List, Optional, Sequence
 
 from .prompts import PromptSet, load_prompt_set
 
-FAULTS = ("500", "429", "hang", "malformed", "empty", "400", "hallucinate")
+FAULTS = ("500", "429", "hang", "malformed", "empty", "400", "401", "403", "hallucinate",
+          "echo_auth")
 
 
 def image_key(image_bytes: bytes) -> str:
@@ -49,14 +50,18 @@ class MockChatServer:
             timeout).
         delay: seconds to wait before every answer (to slow a run down in tests).
         retry_after: value of the Retry-After header sent with a ``429`` fault.
+        api_key: when set, a request without ``Authorization: Bearer <api_key>`` gets a 401 whose
+            body echoes the token it was sent (as some real servers do), to test redaction.
     """
 
     def __init__(self, prompts: Optional[PromptSet] = None, hang_seconds: float = 2.0,
-                 delay: float = 0.0, retry_after: str = "1"):
+                 delay: float = 0.0, retry_after: str = "1", api_key: Optional[str] = None):
         self.prompts = prompts or load_prompt_set()
         self.hang_seconds = hang_seconds
         self.delay = delay
         self.retry_after = retry_after
+        self.api_key = api_key
+        self.requests_total = 0  # every POST received, rejected ones included
         self.lock = threading.Lock()
         self.counts: Counter = Counter()  # (item, kind) -> requests received
         self.log: List[dict] = []  # one entry per request: item, kind, fault
@@ -87,7 +92,9 @@ class MockChatServer:
 
         ``kind`` is ``global``, ``fine_grained`` or ``fix``; faults are ``500``, ``429`` (with
         Retry-After), ``hang``, ``malformed`` (HTTP 200, body not JSON), ``empty`` (no choices),
-        ``400`` (permanent) or ``hallucinate`` (a caption with colour words).
+        ``400`` (permanent), ``401`` / ``403`` (authentication; the body echoes the Authorization
+        header received), ``hallucinate`` (a caption with colour words) or ``echo_auth`` (a
+        caption that quotes the Authorization header received).
         """
         unknown = [f for f in faults if f not in FAULTS]
         if unknown:
@@ -180,8 +187,10 @@ class MockChatServer:
                     pass
 
             def do_POST(self):
+                auth = self.headers.get("Authorization")
                 with server.lock:
-                    server.auth_headers[self.headers.get("Authorization")] += 1
+                    server.auth_headers[auth] += 1
+                    server.requests_total += 1
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
                 if not self.path.rstrip("/").endswith("/chat/completions"):
@@ -191,6 +200,11 @@ class MockChatServer:
                     item, kind = server._classify(body)
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     return self._send(400, json.dumps({"error": str(exc)}).encode())
+                if server.api_key is not None and auth != f"Bearer {server.api_key}":
+                    token = (auth or "").split(" ", 1)[-1]
+                    return self._send(401, json.dumps({"error": {
+                        "message": f"Incorrect API key provided: {token}",
+                        "type": "invalid_request_error"}}).encode())
                 fault, gate = server._next_fault(item, kind)
                 if gate is not None:
                     gate.wait(30)
@@ -203,6 +217,9 @@ class MockChatServer:
                     return self._send(500, b'{"error": "injected"}')
                 if fault == "400":
                     return self._send(400, b'{"error": "injected permanent error"}')
+                if fault in ("401", "403"):
+                    return self._send(int(fault), json.dumps(
+                        {"error": f"not allowed; you sent Authorization: {auth}"}).encode())
                 if fault == "429":
                     return self._send(429, b'{"error": "slow down"}',
                                       {"Retry-After": server.retry_after})
@@ -213,6 +230,8 @@ class MockChatServer:
                 caption = expected_caption(item, kind)
                 if fault == "hallucinate":
                     caption = f"infrared thermal scene {item} with white lane markings and a red car."
+                if fault == "echo_auth":
+                    caption = f"infrared thermal scene {item}; request carried Authorization: {auth}"
                 answer = {
                     "id": f"mock-{item}-{kind}", "object": "chat.completion", "created": 0,
                     "model": body.get("model"),

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 from tqdm import tqdm
 
 from .captioner import CaptionFailure, Captioner
-from .client import StopRequested
+from .client import Redactor, StopRequested
 from .records import JsonlAppender, iter_jsonl, load_jsonl_ids
 
 
@@ -32,6 +32,9 @@ class RunSummary:
     interrupted: bool  # stopped by Ctrl-C before all pending pairs were tried
     out_path: str
     errors_path: str
+    not_sent: int = 0  # pairs left untried because the server rejected the API key
+    requests_sent: int = 0  # HTTP requests that went out (attempts, re-asks included)
+    auth_error: Optional[str] = None  # the 401/403 that stopped the run, if one did
 
     def as_dict(self) -> dict:
         """Plain dict for JSON output."""
@@ -91,6 +94,11 @@ def run_captioning(pairs: Sequence[dict], captioner: Captioner, out_path: Union[
     Returns:
         The run's counts. On Ctrl-C the run stops taking new pairs, lets requests in flight
         finish without retrying, writes what was answered and returns with ``interrupted=True``.
+        On a 401/403 it does the same at once (no later request is sent) and returns with
+        ``auth_error`` set; the pairs it did not try count as ``not_sent``.
+
+    Everything written to ``out_path`` and ``errors_path`` passes through the client's
+    :class:`~open_clip_thermal.ircap.client.Redactor` (API key, Authorization values).
     """
     if concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
@@ -100,34 +108,46 @@ def run_captioning(pairs: Sequence[dict], captioner: Captioner, out_path: Union[
     old_errors = _carry_over_errors(errors_path, {p["id"] for p in deferred})
 
     stop = threading.Event()
-    counts = {"ok": 0, "failed": 0, "stopped": 0}
+    auth_stop = threading.Event()
+    client = getattr(captioner, "client", None)
+    redact = getattr(client, "redact", None) or Redactor()
+    counts = {"ok": 0, "failed": 0, "stopped": 0, "not_sent": 0}
     writer = JsonlAppender(out_path)
     errors = JsonlAppender(errors_path, truncate=True)
     for e in old_errors:
-        errors.append(e)
+        errors.append(redact.scrub(e))  # files from before redaction existed may hold a key
 
     counts_lock = threading.Lock()
 
     def work(pair: dict) -> str:
         outcome = _work(pair)
+        if getattr(client, "auth_failure", None) is not None:
+            auth_stop.set()  # also catches a 401 met by a re-ask, which keeps its pair
+            stop.set()
         with counts_lock:  # counted here so pairs finished after Ctrl-C are counted too
             counts[outcome] += 1
         return outcome
 
     def _work(pair: dict) -> str:
         if stop.is_set():
-            return "stopped"
+            return "not_sent" if auth_stop.is_set() else "stopped"
         try:
             record = captioner.caption(pair, should_stop=stop.is_set)
         except StopRequested:
-            return "stopped"
+            return "not_sent" if auth_stop.is_set() else "stopped"
         except CaptionFailure as exc:
-            errors.append(_error_record(pair, exc.stage, exc.reason, exc.attempts))
+            if exc.auth:
+                auth_stop.set()
+                stop.set()
+                if not exc.sent:
+                    return "not_sent"
+            errors.append(redact.scrub(_error_record(pair, exc.stage, exc.reason, exc.attempts)))
             return "failed"
         except Exception as exc:  # a bug or odd input must not lose the pair silently
-            errors.append(_error_record(pair, "internal", f"{type(exc).__name__}: {exc}", 0))
+            errors.append(redact.scrub(
+                _error_record(pair, "internal", f"{type(exc).__name__}: {exc}", 0)))
             return "failed"
-        writer.append(record)
+        writer.append(redact.scrub(record))
         return "ok"
 
     interrupted = False
@@ -156,4 +176,7 @@ def run_captioning(pairs: Sequence[dict], captioner: Captioner, out_path: Union[
     return RunSummary(total=len(pairs), already_done=already, attempted=len(pending),
                       captioned=counts["ok"], failed=counts["failed"],
                       interrupted=interrupted or counts["stopped"] > 0,
-                      out_path=str(out_path), errors_path=str(errors_path))
+                      out_path=str(out_path), errors_path=str(errors_path),
+                      not_sent=counts["not_sent"],
+                      requests_sent=getattr(client, "requests_sent", 0),
+                      auth_error=getattr(client, "auth_failure", None))
