@@ -30,7 +30,7 @@ BRANCH_RUNS = (  # (name, --branch, --model)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m open_clip_thermal.quickstart",
+        prog="python -m open_clip_thermal.quickstart", allow_abbrev=False,
         description="Run the whole T-CLIP pipeline (simulated captions -> shards -> LoRA branches -> fused "
                     "retrieval -> paper-style table) on a synthetic RGB-thermal world, on CPU, in minutes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -80,3 +80,28 @@ def test_dry_run_hides_credentials_in_the_server_url(pairs, capsys):
         assert main(argv) == 0
     out = capsys.readouterr().out
     assert SECRET not in out and "POST http://127.0.0.1:" in out
+# ---- the other command lines of the package ---------------------------------------------------
+
+def test_benchmark_cli_rejects_abbreviated_options():
+    from open_clip_thermal.benchmark.cli import build_parser as benchmark_parser
+    ok = benchmark_parser().parse_args(["--data", "test.tar", "--out", "o", "--base-model", "B"])
+    assert ok.base_model == "B"
+    with pytest.raises(SystemExit) as info:
+        benchmark_parser().parse_args(["--data", "test.tar", "--out", "o", "--base-m", "B"])
+    assert info.value.code == 2
+
+
+def test_quickstart_rejects_abbreviated_options():
+    from open_clip_thermal.quickstart import build_parser as quickstart_parser
+    with pytest.raises(SystemExit) as info:
+        quickstart_parser().parse_args(["--num-tr", "10"])  # prefix of --num-train
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [["generate", "--out", "x", "--num-tr", "10"],
+                                  ["pretrain-proxy", "--ste", "3"]])
+def test_synthetic_cli_rejects_abbreviated_options(argv):
+    from open_clip_thermal.synthetic.__main__ import build_parser as synthetic_parser
+    with pytest.raises(SystemExit) as info:
+        synthetic_parser().parse_args(argv)
+    assert info.value.code == 2

@@ -70,7 +70,7 @@ def parse_lambdas(text: str) -> List[float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m open_clip_thermal.benchmark",
+        prog="python -m open_clip_thermal.benchmark", allow_abbrev=False,
         description="Thermal image-text retrieval benchmark: Recall@K tables (mean +- std over seeds), "
                     "'vs. Global LoRA' gains, lambda sweep, fusion modes, thermal perception gap "
                     "statistics and feature geometry. Writes results.json, results.md and PNG plots.",

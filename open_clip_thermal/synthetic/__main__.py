@@ -17,7 +17,7 @@ _DEFAULT_RECIPE = ProxyRecipe()
 
 def _add_generate(sub) -> None:
     p = sub.add_parser(
-        "generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
         help="simulate scenes and write thermal + RGB images and annotations.jsonl",
         description="Simulate seeded street scenes, render each one as a pixel-aligned RGB and thermal "
                     "image, caption them, and write images plus annotations.jsonl (the converter's input "
@@ -36,7 +36,7 @@ def _add_generate(sub) -> None:
 
 def _add_pretrain(sub) -> None:
     p = sub.add_parser(
-        "pretrain-proxy", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "pretrain-proxy", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
         help="pretrain the tiny RGB proxy CLIP from scratch (cached)",
         description="Pretrain the proxy base model (an OpenCLIP architecture) from scratch, contrastively, "
                     "on simulated RGB renderings with RGB-style captions. Thermal data is never used. The "
@@ -66,7 +66,7 @@ def _add_pretrain(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser with the ``generate`` and ``pretrain-proxy`` subcommands."""
     parser = argparse.ArgumentParser(
-        prog="python -m open_clip_thermal.synthetic",
+        prog="python -m open_clip_thermal.synthetic", allow_abbrev=False,
         description="Synthetic RGB-thermal world: simulate datasets and pretrain the RGB proxy base model.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,pretrain-proxy}")
     _add_generate(sub)
