@@ -12,10 +12,11 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import braceexpand
 import torch
-import webdataset as wds
 from PIL import Image
+from webdataset.tariterators import group_by_keys
 
 from ..data.decode import ThermalNorm, decode_with, thermal_to_pil
+from ..data.sources import ShardReadError, duplicate_shards, open_url, read_tar_files
 # The thermal members the training loader reads (a superset of what the converter writes), in the
 # loader's order of preference: the benchmark decodes the same member of a sample as training did.
 from ..data.loader import THERMAL_EXTENSIONS as IMAGE_EXTENSIONS
@@ -56,6 +57,12 @@ def expand_urls(spec: Union[str, Sequence[str]]) -> List[str]:
     missing = [u for u in urls if "://" not in u and not os.path.isfile(u)]
     if missing:
         raise BenchmarkError(f"{len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]!r}")
+    repeats = duplicate_shards(urls)  # the same pairs twice would weigh double in every recall
+    if repeats:
+        first, again = repeats[0]
+        same = "" if first == again else f" (also as {again!r})"
+        raise BenchmarkError(f"shard {first!r} is given twice in --data{same}; {len(repeats)} repeat(s) in "
+                             f"{len(urls)} shards: name each test shard once")
     return urls
 
 
@@ -89,10 +96,13 @@ def unlisted_shards(urls: Sequence[str]) -> Dict[str, List[str]]:
 
 
 def _iter_raw_samples(urls: Sequence[str]) -> Iterator[dict]:
+    # The training loader's opener (no shell for http(s)) and tar reader (a corrupt header or a cut
+    # shard is an error, not a shorter test set), grouped into samples as webdataset groups them.
     for url in urls:
-        pipeline = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())
         try:
-            yield from pipeline
+            yield from group_by_keys(read_tar_files(open_url(url), url))
+        except ShardReadError as error:
+            raise BenchmarkError(f"cannot read shard {url!r}: {error.reason or error}") from None
         except Exception as error:  # tarfile/IO errors surface from deep inside webdataset
             raise BenchmarkError(f"cannot read shard {url!r}: {type(error).__name__}: {error}") from None
 

@@ -24,10 +24,10 @@ import webdataset as wds
 from open_clip_train.data import DataInfo, SharedEpoch
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import group_by_keys
 
 from .decode import NORM_MODES, ThermalDecodeError, ThermalNorm, decode_thermal, thermal_to_pil
-from .sources import expand_urls, open_shards, read_dataset_size
+from .sources import ShardReadError, expand_tar_files, expand_urls, open_shards, read_dataset_size
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,18 @@ class DecodeFailures:
         log.warning("skipping %s (worker %d, %d skipped so far): %s", what, worker, self.count, reason)
 
     def handle(self, exn: Exception) -> bool:
-        """webdataset handler for shard-level errors: count and continue, or re-raise when strict."""
+        """webdataset handler for shard-level errors: count and continue, or re-raise when strict.
+
+        A shard that cannot be opened, or whose tar is damaged (corrupt header, cut short), counts
+        once, logged with the shard URL; the samples before the damage have been read, the rest of
+        that shard is skipped.
+        """
         if self.strict:
             raise exn
-        self.record(str(exn.args[-1]) if exn.args else None, repr(exn))
+        if isinstance(exn, ShardReadError):
+            self.record(exn.url, f"{exn.reason}; rest of the shard skipped")
+        else:
+            self.record(str(exn.args[-1]) if exn.args else None, repr(exn))
         return True
 
 
@@ -145,7 +153,8 @@ split_by_rank = wds.pipelinefilter(_split_by_rank)
 
 
 def _tar_samples(data: Iterator, handler: Callable[[Exception], bool]) -> Iterator[Dict[str, Any]]:
-    yield from group_by_keys(tar_file_expander(data, handler=handler), handler=handler)
+    # our tar reader, not webdataset's tar_file_expander: that one ends a shard silently at a corrupt header
+    yield from group_by_keys(expand_tar_files(data, handler), handler=handler)
 
 
 tar_samples = wds.pipelinefilter(_tar_samples)
@@ -293,7 +302,7 @@ def make_thermal_dataset(urls: Union[str, Sequence[str]], preprocess: Callable, 
             or a :class:`~open_clip_thermal.data.decode.ThermalNorm` (then without ``norm_kwargs``).
         norm_kwargs: extra arguments of the normalisation (``low``, ``high``, ``value_range``,
             ``stretch_8bit``), checked as :class:`~open_clip_thermal.data.decode.ThermalNorm` checks them.
-        strict: stop at the first undecodable sample or unreadable shard instead of skipping it.
+        strict: stop at the first undecodable sample or unreadable / damaged shard instead of skipping it.
         with_meta: append ``{'key', 'url', 'json'}`` (a list of them when batched) to each item.
         rank: this process's rank; with ``world_size`` None, see :func:`resolve_rank`.
         world_size: number of ranks.
@@ -301,7 +310,10 @@ def make_thermal_dataset(urls: Union[str, Sequence[str]], preprocess: Callable, 
     Returns:
         a ``webdataset.DataPipeline`` yielding ``(image, text)`` or ``(image, text_global, text_fg)``
         (plus the metadata when ``with_meta``). ``pipeline.decode_failures`` counts skipped samples
-        of the current process.
+        and unreadable or damaged shards of the current process.
+
+    Raises:
+        ValueError: bad options, or a shard named twice in ``urls`` (see :func:`.sources.expand_urls`).
     """
     if captions not in CAPTION_MODES:
         raise ValueError(f"captions must be one of {CAPTION_MODES}, got {captions!r}")

@@ -1,14 +1,22 @@
-"""Shard URLs: expand patterns, open local / file:// / http(s) / pipe: / fsspec URLs, read sizes.json.
+"""Shard URLs: expand patterns, open local / file:// / http(s) / pipe: / fsspec URLs, read tars, read sizes.json.
 
-webdataset's ``gopen`` handles local paths, ``file://``, ``pipe:`` and (through the ``curl``
-command) ``http(s)://``. Where ``curl`` is missing, http(s) falls back to ``urllib``; every other
-scheme (``s3://``, ``gs://``, ``hf://``...) goes through fsspec and needs its back-end package
-(``s3fs``, ``gcsfs``...).
+Local paths and ``file://`` are opened directly, ``http(s)://`` with ``urllib`` (never webdataset's
+``gopen``, which runs ``curl`` through a shell with the URL pasted into the command line, so a quote
+in a URL ran a command), ``pipe:`` (a shell command by definition, written by the user) with
+webdataset's ``gopen``; every other scheme (``s3://``, ``gs://``, ``hf://``...) goes through fsspec and
+needs its back-end package (``s3fs``, ``gcsfs``...).
+
+Tars are read with :func:`read_tar_files`, which, unlike webdataset's reader (Python's ``tarfile``
+in stream mode), does not take a damaged header or a missing end-of-archive marker for the end of
+the shard: it raises :class:`ShardReadError` naming the shard.
 """
 import json
 import logging
+import os
 import posixpath
-import shutil
+import re
+import shutil  # noqa: F401 - kept: tests patch sources.shutil.which (curl is no longer used)
+import tarfile
 import urllib.request
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 from urllib.parse import urlparse
@@ -19,36 +27,156 @@ import webdataset as wds
 
 log = logging.getLogger(__name__)
 
-_GOPEN_SCHEMES = ("", "file", "pipe")
 _HTTP_SCHEMES = ("http", "https")
+HTTP_TIMEOUT_S = 60  # per connect / read of an http(s) shard, so a stalled server cannot hang a worker
+
+
+class ShardReadError(OSError):
+    """A shard cannot be opened or read to its end; ``url`` is the shard, ``reason`` what went wrong."""
+
+    def __init__(self, url: str, reason: Optional[str] = None):
+        super().__init__(url if reason is None else f"shard {url}: {reason}")
+        self.url, self.reason = url, reason
+
+    def __reduce__(self):  # picklable across DataLoader workers
+        return type(self), (self.url, self.reason)
+
+
+def _scheme(url: str) -> str:
+    scheme = urlparse(url).scheme
+    return "" if len(scheme) == 1 else scheme  # a Windows drive letter is not a scheme
+
+
+def shard_identity(url: str) -> str:
+    """What makes two spellings the same shard: the real path of a local file, else the URL itself."""
+    scheme = _scheme(url)
+    if scheme == "":
+        return os.path.realpath(url)
+    if scheme == "file":
+        return os.path.realpath(urlparse(url).path)
+    return url
+
+
+def duplicate_shards(urls: Sequence[str]) -> List[tuple]:
+    """``(first spelling, repeated spelling)`` for every shard that ``urls`` name more than once."""
+    seen: Dict[str, str] = {}
+    repeats = []
+    for url in urls:
+        identity = shard_identity(url)
+        if identity in seen:
+            repeats.append((seen[identity], url))
+        else:
+            seen[identity] = url
+    return repeats
 
 
 def expand_urls(urls: Union[str, Sequence[str]]) -> List[str]:
-    """Expand ``::``-joined brace patterns (or a list of them) into a flat list of shard URLs."""
+    """Expand ``::``-joined brace patterns (or a list of them) into a flat list of shard URLs.
+
+    Raises:
+        ValueError: no URL at all, or a shard named twice (also as another spelling of the same
+            local file): it would be read twice per epoch and counted twice in ``sizes.json``, or,
+            when resampling, drawn twice as often as the others.
+    """
     patterns = urls.split("::") if isinstance(urls, str) else list(urls)
     expanded = [url for pattern in patterns if pattern for url in braceexpand.braceexpand(pattern)]
     if not expanded:
         raise ValueError(f"no shard URLs in {urls!r}")
+    repeats = duplicate_shards(expanded)
+    if repeats:
+        first, again = repeats[0]
+        same = "" if first == again else f" (also as {again!r})"
+        raise ValueError(f"shard {first!r} is given twice{same}; {len(repeats)} repeat(s) in {len(expanded)} shard "
+                         f"URLs: name each shard once (a repeated shard would be read twice per epoch, counted twice "
+                         f"in the epoch size, or drawn twice as often when resampling)")
     return expanded
 
 
 def open_url(url: str):
-    """Open a shard (or any file) URL for binary reading.
+    """Open a shard (or any file) URL for binary reading, without a shell (except ``pipe:``, which is one).
 
     Raises:
+        ShardReadError: an http(s) URL that cannot be opened (the message names it).
         ValueError: the scheme needs an fsspec back-end that is not installed.
     """
-    scheme = urlparse(url).scheme
-    if len(scheme) == 1:  # a Windows drive letter, not a scheme
-        scheme = ""
-    if scheme in _GOPEN_SCHEMES or (scheme in _HTTP_SCHEMES and shutil.which("curl")):
+    scheme = _scheme(url)
+    if scheme == "":
+        return open(url, "rb")
+    if scheme == "file":
+        return open(urlparse(url).path, "rb")
+    if scheme == "pipe":
         return wds.gopen(url, "rb")
     if scheme in _HTTP_SCHEMES:
-        return urllib.request.urlopen(url)  # noqa: S310 - the user chose the URL
+        try:
+            return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S)  # noqa: S310 - http(s) only
+        except Exception as exc:  # HTTP errors, refused connections, URLs http.client refuses to send
+            raise ShardReadError(url, f"cannot open: {type(exc).__name__}: {exc}") from exc
     try:
         return fsspec.open(url, "rb").open()
     except ImportError as exc:
         raise ValueError(f"cannot open {url}: the fsspec back-end for {scheme}:// is not installed ({exc})") from exc
+
+
+_META_MEMBER = re.compile(r"__[^/]*__($|/)")
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """TarInfo whose damaged headers are errors: stream-mode ``tarfile`` takes them for the archive's end."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.EOFHeaderError:
+            raise  # an all-zero block: the regular end of the archive
+        except tarfile.EmptyHeaderError:
+            raise _TarDamage(f"ends at byte {tar.offset} without an end-of-archive marker (truncated?)") from None
+        except tarfile.HeaderError as exc:
+            raise _TarDamage(f"corrupt tar header at byte {tar.offset} ({exc})") from None
+
+
+class _TarDamage(Exception):
+    """Raised inside ``tarfile``; not a ``tarfile.HeaderError``, so ``TarFile.next`` lets it through."""
+
+
+def read_tar_files(stream, url: str) -> Iterator[Dict[str, Any]]:
+    """``{'fname', 'data', '__url__'}`` for each regular file of a tar stream, to the archive's real end.
+
+    Closes ``stream`` when done.
+
+    Raises:
+        ShardReadError: naming ``url``: a corrupt header, a shard cut short, a member that cannot
+            be read. The members before the damage have been yielded; the rest of the shard is lost.
+    """
+    try:
+        archive = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_CheckedTarInfo)
+        for info in archive:
+            if not info.isreg() or _META_MEMBER.match(info.name):  # as webdataset's tar_file_iterator skips
+                continue
+            data = archive.extractfile(info).read()
+            archive.members = []  # stream mode: keep no index of what was read
+            yield dict(fname=info.name, data=data, __url__=url)
+    except _TarDamage as exc:
+        raise ShardReadError(url, str(exc)) from None
+    except ShardReadError:
+        raise
+    except Exception as exc:  # tarfile.ReadError, a stream cut mid-member, socket timeouts...
+        raise ShardReadError(url, f"unreadable tar: {type(exc).__name__}: {exc}") from exc
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+def expand_tar_files(data: Iterable[Dict[str, Any]], handler: Callable[[Exception], bool]) -> Iterator[Dict[str, Any]]:
+    """Files of every opened shard; a damaged shard goes to ``handler`` (count and go on, or raise)."""
+    for source in data:
+        try:
+            yield from read_tar_files(source["stream"], source["url"])
+        except Exception as exc:
+            if handler(exc):
+                continue
+            break
 
 
 def _open_shards(data: Iterable[Dict[str, Any]], handler: Callable[[Exception], bool]) -> Iterator[Dict[str, Any]]:
@@ -57,7 +185,8 @@ def _open_shards(data: Iterable[Dict[str, Any]], handler: Callable[[Exception], 
         try:
             yield dict(sample, stream=open_url(url))
         except Exception as exc:  # any failure to open a shard goes to the handler
-            exc.args = exc.args + (url,)
+            if not isinstance(exc, ShardReadError):
+                exc.args = exc.args + (url,)
             if handler(exc):
                 continue
             break
