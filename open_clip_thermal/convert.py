@@ -1,7 +1,8 @@
 """Command line: IR-Cap annotations -> WebDataset shards (``python -m open_clip_thermal.convert``).
 
 The logic lives in :mod:`open_clip_thermal.data.conversion`; this module only parses arguments.
-Exit status: 0 on success, 1 when nothing was written or a ``--strict`` problem stopped the run,
+Exit status: 0 on success; 1 when nothing was written, more rows than ``--max-skip-fraction`` were
+skipped (shards and manifest are written all the same) or a ``--strict`` problem stopped the run;
 2 on bad arguments or an output folder that holds another conversion's shards.
 """
 import argparse
@@ -11,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from .data.annotations import AnnotationFormatError, BadRowError, FieldNames
-from .data.conversion import ConversionError, ConvertOptions, convert
+from .data.conversion import DEFAULT_MAX_SKIP_FRACTION, ConversionError, ConvertOptions, convert
 from .data.decode import PALETTE_CHOICES, add_norm_arguments, norm_from_args
 
 
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m open_clip_thermal.convert",
         description="Write thermal image + caption annotations as WebDataset tar shards "
                     "({prefix}-{split}-{000000}.tar) with sizes.json and manifest.json. See docs/data.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     io_group = parser.add_argument_group("input and output")
     io_group.add_argument("--annotations", required=True,
                           help="annotation file: JSON list, JSONL, CSV or TSV (local path or fsspec URL)")
@@ -29,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="annotation format; by default guessed from the file extension")
     io_group.add_argument("--image-root", default=None,
                           help="folder or fsspec URL that relative image paths are resolved against "
-                               "(default: relative to the current directory)")
+                               "(default: relative to the current directory). Every image path must stay "
+                               "under it: rows whose path is absolute elsewhere, climbs out with '..', is a "
+                               "symlink leading out or another URL are refused and listed in the manifest")
+    io_group.add_argument("--allow-outside-root", action="store_true",
+                          help="read image paths that lead outside --image-root (absolute paths, '..', symlinks, "
+                               "other URLs) instead of refusing those rows; only for annotation files you trust")
     io_group.add_argument("--output-dir", required=True, help="local folder for shards, sizes.json and manifest.json")
     io_group.add_argument("--prefix", default="thermal", help="shard name prefix: {prefix}-{split}-{000000}.tar")
     io_group.add_argument("--overwrite", action="store_true",
@@ -80,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fully decode every image before writing it (default: only the header is read)")
     checks.add_argument("--strict", action="store_true",
                         help="stop at the first bad row or image, naming it (default: skip and list it in the manifest)")
+    checks.add_argument("--max-skip-fraction", type=float, default=DEFAULT_MAX_SKIP_FRACTION, metavar="F",
+                        help="exit with status 1 (after writing the shards and the manifest) when more than this "
+                             "fraction of the annotation rows was skipped; false-colour refusals (--palette "
+                             "refuse) do not count. 1 never fails, 0 fails on any skipped row")
     checks.add_argument("--threads", type=int, default=8, help="threads reading images")
     checks.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     checks.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)  # test-only: slow writes
@@ -98,7 +108,35 @@ def options_from_args(args: argparse.Namespace, command: str) -> ConvertOptions:
         min_shards=args.min_shards, seed=args.seed, shuffle=not args.no_shuffle, reencode=args.reencode,
         verify=args.verify, strict=args.strict, default_split=args.default_split,
         default_dataset=args.default_dataset, overwrite=args.overwrite, threads=args.threads, command=command,
-        progress=not args.no_progress, throttle=args.throttle, norm=norm_from_args(args), palette=args.palette)
+        progress=not args.no_progress, throttle=args.throttle, norm=norm_from_args(args), palette=args.palette,
+        allow_outside_root=args.allow_outside_root, max_skip_fraction=args.max_skip_fraction)
+
+
+SUMMARY_EXAMPLES = 5  # skipped rows named on the console
+
+
+def print_skip_summary(manifest: dict, file=None) -> None:
+    """The skip reasons with their counts and the first few skipped rows (the manifest lists them all)."""
+    from .data.manifest import reason_kind
+    file = file or sys.stderr
+    skipped = manifest.get("skipped") or []
+    if not skipped:
+        return
+    first_row = {}
+    for entry in skipped:
+        first_row.setdefault(reason_kind(entry["reason"]), entry.get("row"))
+    print(f"skipped {len(skipped)} of {manifest['total_rows']} rows ({manifest['skipped_fraction']:.1%} counted "
+          f"against --max-skip-fraction {manifest['max_skip_fraction']}), by reason:", file=file)
+    for kind, count in sorted(manifest["skipped_by_reason"].items(), key=lambda item: (-item[1], item[0])):
+        print(f"  {kind}: {count}" + (f" (first: row {first_row[kind]})" if first_row.get(kind) else ""),
+              file=file)
+    print("first skipped rows:", file=file)
+    for entry in skipped[:SUMMARY_EXAMPLES]:
+        where = f"row {entry['row']}" if entry.get("row") is not None else "row ?"
+        who = f" (id {entry['id']!r})" if entry.get("id") is not None else ""
+        print(f"  {where}{who}: {entry['reason']}", file=file)
+    if len(skipped) > SUMMARY_EXAMPLES:
+        print(f"  ... {len(skipped) - SUMMARY_EXAMPLES} more in the manifest", file=file)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -108,6 +146,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.maxcount < 1 or args.min_shards < 1 or args.maxsize <= 0:
         parser.error("--maxcount and --min-shards must be >= 1 and --maxsize > 0")
+    if not 0.0 <= args.max_skip_fraction <= 1.0:
+        parser.error(f"--max-skip-fraction must be between 0 and 1, got {args.max_skip_fraction:g}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command = "python -m open_clip_thermal.convert " + shlex.join(argv)
     try:
@@ -118,18 +158,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         manifest = convert(options)
     except (BadRowError, ConversionError) as exc:
         status = 2 if isinstance(exc, ConversionError) and "--overwrite" in str(exc) else 1
+        if getattr(exc, "manifest", None) is not None:
+            _report(exc.manifest, args.output_dir)
         print(f"error: {exc}", file=sys.stderr)
         return status
     except AnnotationFormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    _report(manifest, args.output_dir)
+    return 0
+
+
+def _report(manifest: dict, output_dir: str) -> None:
     summary = ", ".join(f"{name}: {split['samples']} samples in {split['num_shards']} shard(s)"
                         for name, split in manifest["splits"].items())
     print(f"wrote {manifest['total_samples']} samples ({summary}); skipped {manifest['skipped_count']}; "
-          f"manifest: {args.output_dir}/manifest.json", file=sys.stderr)
+          f"manifest: {output_dir}/manifest.json", file=sys.stderr)
+    print_skip_summary(manifest)
     for warning in manifest["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -96,9 +96,10 @@ def test_bad_input_is_skipped_counted_and_listed(tmp_path):
         {"id": "nocap", "image": "thermal/0003.png", "fg_caption": "y"},
     ]
     status, out = _convert(tmp_path, records)
-    assert status == 0
-    manifest = json.loads((out / "manifest.json").read_text())
+    assert status == 1  # 6 of 10 rows skipped: more than the default --max-skip-fraction 0.1
+    manifest = json.loads((out / "manifest.json").read_text())  # ... but everything is written
     assert manifest["total_samples"] == 4 and manifest["skipped_count"] == 6
+    assert manifest["total_rows"] == 10 and manifest["skipped_fraction"] == 0.6
     reasons = {s["id"]: s["reason"] for s in manifest["skipped"]}
     assert reasons["corrupt"].startswith("undecodable image")
     assert reasons["blank"].startswith("empty or whitespace global caption")
@@ -139,7 +140,7 @@ def test_csv_tsv_json_with_custom_fields_and_non_utf8_row(tmp_path):
     header = ["file", "cap", "fine", "weather"]
     rows = [[f"thermal/{i:04d}.png", f"infrared thermal {i}", f"fine {i}", "rain"] for i in range(3)]
     common = ["--id-field", "", "--image-field", "file", "--global-field", "cap", "--fg-field", "fine",
-              "--meta-fields", "weather", "--image-root", str(tmp_path), "--no-progress"]
+              "--meta-fields", "weather", "--image-root", str(tmp_path), "--no-progress", "--max-skip-fraction", "0.5"]
     for fmt, delimiter in (("csv", ","), ("tsv", "\t")):
         path = tmp_path / f"ann.{fmt}"
         with open(path, "w", newline="", encoding="utf-8") as handle:
@@ -262,7 +263,7 @@ def test_verify_catches_truncated_image_that_passes_the_header_check(tmp_path):
     (tmp_path / "thermal/0001.png").write_bytes(full[: len(full) // 2])
     status, out = _convert(tmp_path, records)
     assert status == 0 and json.loads((out / "manifest.json").read_text())["total_samples"] == 2
-    status, out = _convert(tmp_path, records, "--verify", "--overwrite")
+    status, out = _convert(tmp_path, records, "--verify", "--overwrite", "--max-skip-fraction", "0.5")
     manifest = json.loads((out / "manifest.json").read_text())
     assert status == 0 and manifest["total_samples"] == 1
     assert [(s["id"], s["stage"]) for s in manifest["skipped"]] == [("img0001", "write")]
@@ -279,3 +280,31 @@ def test_reencode_stores_lossless_sixteen_bit_png(tmp_path):
     members = _members(out / "thermal-train-000000.tar")
     assert sorted(members) == ["a.fg.txt", "a.json", "a.png", "a.txt"]
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(members["a.png"]))), array)
+
+
+def _float_tiff(path, array):
+    Image.fromarray(np.asarray(array, dtype=np.float32), mode="F").save(path, format="TIFF")
+    assert Image.open(path).mode == "F"
+
+
+def test_reencode_keeps_float_frames_instead_of_truncating_them_to_two_levels(tmp_path):
+    (tmp_path / "thermal").mkdir()
+    ramp = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (8, 1))  # a float32 frame in [0, 1]
+    counts = np.tile(np.arange(1000, 1064, dtype=np.float32), (8, 1))  # whole counts stored as float
+    _float_tiff(tmp_path / "thermal/ramp.tif", ramp)
+    _float_tiff(tmp_path / "thermal/counts.tif", counts)
+    records = [{"id": name, "image": f"thermal/{name}.tif", "global_caption": "infrared thermal", "fg_caption": "f"}
+               for name in ("ramp", "counts")]
+    status, out = _convert(tmp_path, records, "--reencode")
+    assert status == 0
+    members = _members(out / "thermal-train-000000.tar")
+    # whole-valued counts fit a lossless 16-bit PNG; fractional values stay in their float TIFF
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(members["counts.png"]))), counts.astype(np.uint16))
+    assert members["ramp.tif"] == (tmp_path / "thermal/ramp.tif").read_bytes()
+    assert json.loads(members["ramp.json"])["stored_as"].startswith("original float frame")
+    loaded = {meta["json"]["id"]: image for image, _, meta in make_thermal_dataset(
+        str(out / "thermal-train-000000.tar"), TO_TENSOR, _tokenize, captions="global", is_train=False,
+        with_meta=True, thermal_norm="minmax")}
+    for name, array in (("ramp", ramp), ("counts", counts)):
+        levels = np.unique(np.round(loaded[name][0].numpy() * 255))
+        assert len(levels) == 64, name  # 64 distinct values survive, not 2 grey levels

@@ -103,3 +103,48 @@ def test_pil_and_tensor_helpers_give_three_identical_channels():
     assert np.array_equal(pixels[..., 0], pixels[..., 2])
     tensor = thermal_to_tensor(decode_thermal(_encode(array, "PNG"), "png", norm="minmax"))
     assert tensor.shape == (3, 2, 2) and torch.equal(tensor[0], tensor[1])
+
+
+# ----------------------------------------------------------------------------- float frames (NaN / inf)
+
+def _float_tiff(array):
+    """A real float32 TIFF (PIL mode F), as radiometric cameras and tools export them."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.float32), mode="F").save(buffer, format="TIFF")
+    data = buffer.getvalue()
+    assert Image.open(io.BytesIO(data)).mode == "F"
+    return data
+
+
+def test_float_tiff_with_a_few_nan_pixels_keeps_the_scene_and_zeroes_the_nans():
+    array = np.tile(np.linspace(0.0, 1.0, 40, dtype=np.float32), (30, 1))
+    array[3, 5] = array[10, 20] = np.nan
+    array[7, 7] = np.inf
+    array[8, 8] = -np.inf
+    finite = np.isfinite(array)
+    for norm in ("percentile", "minmax", "fixed"):
+        kwargs = {"value_range": (0.0, 1.0)} if norm == "fixed" else {}
+        frame = decode_thermal(_float_tiff(array), "tif", norm=norm, **kwargs)
+        assert np.isfinite(frame).all(), norm
+        assert frame.min() == 0.0 and frame.max() == 1.0, norm
+        np.testing.assert_array_equal(frame[~finite], 0.0)  # non-finite pixels: a defined value, 0
+        if norm == "minmax":
+            np.testing.assert_allclose(frame[finite], array[finite], atol=1e-6)
+        grey = np.asarray(thermal_to_pil(frame))[..., 0]
+        assert len(np.unique(grey[finite])) > 30, norm  # not blank, not two levels
+    lo, hi = np.percentile(array[finite].astype(np.float64), [1, 99])
+    frame = decode_thermal(_float_tiff(array), "tif")
+    np.testing.assert_allclose(frame[finite], np.clip((array[finite] - lo) / (hi - lo), 0, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("fill", [np.nan, np.inf])
+def test_all_non_finite_float_frame_is_a_decode_error(fill):
+    with pytest.raises(ThermalDecodeError, match="no finite pixel"):
+        decode_thermal(_float_tiff(np.full((4, 5), fill)), "tif")
+
+
+def test_normalise_never_returns_nan():
+    values = np.array([[np.nan, 1.0], [2.0, 3.0]])
+    assert np.isfinite(normalise(values, "percentile")).all()
+    assert np.isfinite(normalise(values, "minmax")).all()
+    assert np.isfinite(normalise(values, "fixed", value_range=(0, 3))).all()

@@ -7,6 +7,8 @@ Text is decoded as UTF-8 with ``surrogateescape`` so that one bad byte only cost
 import csv
 import io
 import json
+import os
+import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -19,6 +21,82 @@ _RESERVED_META_KEYS = ("id", "dataset", "split", "image", "rgb")
 
 class AnnotationFormatError(ValueError):
     """The annotation file as a whole cannot be read (unknown format, broken JSON list...)."""
+
+
+class UnsafePathError(ValueError):
+    """An annotation path that must not be read: it leads outside its root (``outside``), or holds a NUL byte."""
+
+    def __init__(self, message: str, outside: bool = True):
+        super().__init__(message)
+        self.outside = outside
+
+
+def _split_url(url: str) -> Tuple[str, str]:
+    """``'s3://bucket/a/b'`` -> ``('s3://bucket', '/a/b')`` (scheme and authority, normalised path)."""
+    scheme, rest = url.split("://", 1)
+    authority, _, path = rest.partition("/")
+    return f"{scheme.lower()}://{authority}", posixpath.normpath("/" + path)
+
+
+def _is_under(path: str, root: str, separator_join=os.path.join) -> bool:
+    return path == root or path.startswith(separator_join(root, ""))
+
+
+def resolve_annotation_path(path: str, root: Optional[str], allow_outside: bool = False) -> str:
+    """The one rule for every reader of an image path named by an annotation row (converter, IR-Cap).
+
+    A relative ``path`` is joined to ``root``; the result must stay under ``root``:
+
+    * a local root: the joined path is resolved (``..`` and symlinks, ``os.path.realpath``) and must
+      lie inside the resolved root; an absolute path is accepted only if it lies inside too;
+      ``file://`` URLs count as local paths, any other URL is outside a local root;
+    * a URL root (``s3://bucket/data``...): same scheme and bucket, and the normalised path (``..``
+      removed, lexically: remote stores have no symlinks) under the root's path;
+    * ``root=None``: the current directory is the root.
+
+    ``allow_outside=True`` (the converter's ``--allow-outside-root``) keeps the old behaviour:
+    relative paths are joined to ``root``, absolute paths and URLs are used as given. A path with
+    a NUL byte is refused either way (no file system can open it).
+
+    Returns:
+        the path to read: ``root`` joined with ``path`` (not resolved, so messages show what the
+        annotation named), ``path`` itself when it is absolute or a URL.
+
+    Raises:
+        UnsafePathError: naming the path, where it leads and the root.
+    """
+    if not isinstance(path, str) or not path:
+        raise UnsafePathError(f"not a path: {path!r}", outside=False)
+    if "\x00" in path or (root and "\x00" in root):
+        raise UnsafePathError(f"path {path!r} contains a NUL byte", outside=False)
+    path_is_url = "://" in path
+    if allow_outside:
+        if path_is_url or os.path.isabs(path) or not root:
+            return path
+        return posixpath.join(root.rstrip("/"), path) if "://" in root else os.path.join(root, path)
+    if root and "://" in root and not root.startswith("file://"):
+        base, root_path = _split_url(root)
+        if path_is_url:
+            joined = path
+        elif path.startswith("/"):
+            raise UnsafePathError(f"{path} is an absolute local path, not under {root}")
+        else:
+            joined = f"{base}{posixpath.join(root_path, path)}"
+        joined_base, joined_path = _split_url(joined)
+        if joined_base != base or not _is_under(joined_path, root_path, posixpath.join):
+            raise UnsafePathError(f"{path} leads to {joined_base}{joined_path}, not under {root}")
+        return f"{base}{joined_path}"
+    local_root = (root[len("file://"):] if root and root.startswith("file://") else root) or os.curdir
+    if path_is_url:
+        if not path.startswith("file://"):
+            raise UnsafePathError(f"{path} is a URL, not under the local root {local_root}")
+        candidate = path[len("file://"):]
+    else:
+        candidate = path if os.path.isabs(path) or not root else os.path.join(local_root, path)
+    real_root, real = os.path.realpath(local_root), os.path.realpath(candidate)
+    if not _is_under(real, real_root):
+        raise UnsafePathError(f"{path} resolves to {real}, not under {real_root}")
+    return candidate
 
 
 class BadRowError(ValueError):
@@ -281,6 +359,12 @@ def read_annotations(path: str, fields: FieldNames = FieldNames(), fmt: Optional
             if strict:
                 raise
             skipped.append(Skipped(exc.row, exc.sample_id, exc.reason + (f" [line {exc.line}]" if exc.line else "")))
+            continue
+        except Exception as exc:  # one row's unexpected failure costs that row, not the file
+            error = BadRowError(raw.number, f"unreadable row: {type(exc).__name__}: {exc}", line=raw.line)
+            if strict:
+                raise error from exc
+            skipped.append(Skipped(error.row, None, error.reason + (f" [line {raw.line}]" if raw.line else "")))
             continue
         first_row_of_id[annotation.id] = annotation.row
         annotations.append(annotation)

@@ -20,10 +20,9 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from tqdm import tqdm
 
-from .annotations import Annotation, FieldNames, Skipped, read_annotations
+from .annotations import Annotation, FieldNames, Skipped, UnsafePathError, read_annotations, resolve_annotation_path
 from .decode import PALETTE_CHOICES, PALETTES, ThermalNorm, decode_with, palette_to_intensity
-from .image_files import (ImageFileError, ImageInfo, grey_png, inspect_image, read_bytes, reencode_png,
-                          resolve_path)
+from .image_files import ImageFileError, ImageInfo, grey_png, inspect_image, read_bytes, reencode_png
 from .manifest import build_manifest, write_json_atomic, write_sizes
 from .shards import PARTIAL_SUFFIX, ConversionJournal, SplitShardWriter, make_keys
 
@@ -32,10 +31,25 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 FALSE_COLOUR_REASON = "false-colour thermal frame"  # start of the skip reason of refused palette frames
 OFF_PALETTE_WARNING = 0.2  # a remapped frame with more off-palette pixels than this is logged
+OUTSIDE_ROOT_REASON = "image path outside --image-root"  # start of the skip reason of refused paths
+BAD_PATH_REASON = "unusable image path"
+DEFAULT_MAX_SKIP_FRACTION = 0.1
+FLOAT_MODES = ("F", "F;32", "F;32BF", "F;64")  # PIL modes of floating-point frames
 
 
 class ConversionError(RuntimeError):
-    """The conversion cannot go on (strict-mode problem, output conflict, nothing written)."""
+    """The conversion cannot go on (strict-mode problem, output conflict, nothing written).
+
+    ``manifest`` is the written manifest when the error comes after it (nothing written, too many skipped).
+    """
+
+    def __init__(self, message: str, manifest: Optional[Dict[str, Any]] = None):
+        super().__init__(message)
+        self.manifest = manifest
+
+
+class TooManySkippedError(ConversionError):
+    """More rows were skipped than ``max_skip_fraction`` allows; the shards and manifest are written."""
 
 
 @dataclass
@@ -69,10 +83,18 @@ class ConvertOptions:
     # false-colour frames: 'refuse' skips them (listed in the manifest), 'white-hot' keeps their luma,
     # 'black-hot' inverts every 8-bit frame, 'iron' / 'rainbow' invert the palette; see docs/data.md
     palette: str = "refuse"
+    # read annotation paths that lead outside image_root (absolute, '..', symlinks, other URLs);
+    # by default such rows are refused and listed (annotations.resolve_annotation_path)
+    allow_outside_root: bool = False
+    # a run that skips more than this fraction of its rows (false-colour refusals aside) ends in
+    # TooManySkippedError after writing everything; None: no limit
+    max_skip_fraction: Optional[float] = DEFAULT_MAX_SKIP_FRACTION
 
     def __post_init__(self):
         if self.palette not in PALETTE_CHOICES:
             raise ValueError(f"palette must be one of {PALETTE_CHOICES}, got {self.palette!r}")
+        if self.max_skip_fraction is not None and not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"--max-skip-fraction must be between 0 and 1, got {self.max_skip_fraction}")
 
 
 @dataclass
@@ -108,45 +130,68 @@ def _fail_or_skip(options: ConvertOptions, skipped: Skipped) -> Skipped:
     return skipped
 
 
-def _inspect_row(annotation: Annotation, options: ConvertOptions) -> Tuple[Annotation, Any, Any]:
-    """Read the image headers of one row; returns (annotation, thermal info or error, rgb info or error)."""
+def _resolve(path: str, options: ConvertOptions) -> str:
+    """The path to read for an annotation path (the confinement rule); ``ImageFileError`` if refused."""
     try:
-        thermal = inspect_image(resolve_path(annotation.image, options.image_root), colour_check=True)
+        return resolve_annotation_path(path, options.image_root, options.allow_outside_root)
+    except UnsafePathError as exc:
+        reason = OUTSIDE_ROOT_REASON if exc.outside else BAD_PATH_REASON
+        raise ImageFileError(f"{reason}: {exc}") from None
+
+
+def _inspect_one(path: str, options: ConvertOptions, colour_check: bool = False) -> Tuple[str, ImageInfo]:
+    """(path to read, header info) of one annotation path; every failure is an ``ImageFileError``."""
+    resolved = _resolve(path, options)
+    try:
+        return resolved, inspect_image(resolved, colour_check=colour_check)
+    except ImageFileError:
+        raise
+    except Exception as exc:  # one row's unexpected failure must not end the run
+        raise ImageFileError(f"cannot read image {resolved}: {type(exc).__name__}: {exc}") from exc
+
+
+def _inspect_row(annotation: Annotation, options: ConvertOptions) -> Tuple[Annotation, Any]:
+    """Resolve and read the image headers of one row.
+
+    Returns:
+        (annotation, skip reason) or (annotation, (thermal path, thermal info, rgb path, rgb info)).
+    """
+    try:
+        image_path, thermal = _inspect_one(annotation.image, options, colour_check=True)
     except ImageFileError as exc:
-        return annotation, exc, None
+        return annotation, str(exc)
     if annotation.rgb is None:
-        return annotation, thermal, None
+        return annotation, (image_path, thermal, None, None)
     try:
-        return annotation, thermal, inspect_image(resolve_path(annotation.rgb, options.image_root))
+        rgb_path, rgb = _inspect_one(annotation.rgb, options)
     except ImageFileError as exc:
-        return annotation, thermal, exc
+        return annotation, f"rgb: {exc}"
+    return annotation, (image_path, thermal, rgb_path, rgb)
 
 
 def plan_samples(annotations: List[Annotation], options: ConvertOptions) -> Tuple[Dict[str, List[PlannedSample]], List[Skipped]]:
     """Check image headers and order the good samples of each split (seeded shuffle)."""
     skipped: List[Skipped] = []
-    good: List[Tuple[Annotation, ImageInfo, Optional[ImageInfo]]] = []
+    good: List[Tuple[Annotation, str, ImageInfo, Optional[str], Optional[ImageInfo]]] = []
     results = _ordered_map(lambda a: _inspect_row(a, options), annotations, options.threads)
-    for annotation, thermal, rgb in tqdm(results, total=len(annotations), desc="checking images", unit="img",
-                                         disable=not options.progress):
-        if isinstance(thermal, ImageFileError):
-            skipped.append(_fail_or_skip(options, Skipped(annotation.row, annotation.id, str(thermal), "image")))
-        elif isinstance(rgb, ImageFileError):
-            skipped.append(_fail_or_skip(options, Skipped(annotation.row, annotation.id, f"rgb: {rgb}", "image")))
-        elif thermal.false_colour and options.palette == "refuse":
-            path = resolve_path(annotation.image, options.image_root)
+    for annotation, result in tqdm(results, total=len(annotations), desc="checking images", unit="img",
+                                   disable=not options.progress):
+        if isinstance(result, str):
+            skipped.append(_fail_or_skip(options, Skipped(annotation.row, annotation.id, result, "image")))
+            continue
+        path, thermal, rgb_path, rgb = result
+        if thermal.false_colour and options.palette == "refuse":
             skipped.append(_fail_or_skip(options, Skipped(
                 annotation.row, annotation.id, f"{FALSE_COLOUR_REASON} {path} ({thermal.chroma:.0%} strongly "
                 f"coloured pixels): luma of a palette is not intensity; pass --palette "
                 f"{{{','.join(PALETTE_CHOICES[1:])}}} to map it back", "image")))
         else:
-            good.append((annotation, thermal, rgb))
-    keys = make_keys([annotation.id for annotation, _, _ in good])
+            good.append((annotation, path, thermal, rgb_path, rgb))
+    keys = make_keys([annotation.id for annotation, *_ in good])
     plan: Dict[str, List[PlannedSample]] = {}
-    for annotation, thermal, rgb in good:
-        plan.setdefault(annotation.split, []).append(PlannedSample(
-            annotation, keys[annotation.id], resolve_path(annotation.image, options.image_root),
-            resolve_path(annotation.rgb, options.image_root) if annotation.rgb else None, thermal, rgb))
+    for annotation, path, thermal, rgb_path, rgb in good:
+        plan.setdefault(annotation.split, []).append(
+            PlannedSample(annotation, keys[annotation.id], path, rgb_path, thermal, rgb))
     if options.shuffle:
         for split in sorted(plan):
             random.Random(f"{options.seed}:{split}").shuffle(plan[split])
@@ -157,7 +202,8 @@ def _fingerprint(options: ConvertOptions, plan: Dict[str, List[PlannedSample]]) 
     """Hash of everything that decides the shard bytes; a resume needs the same value."""
     digest = hashlib.sha256()
     settings = {k: v for k, v in asdict(options).items()
-                if k not in ("command", "progress", "threads", "overwrite", "throttle", "strict", "norm")}
+                if k not in ("command", "progress", "threads", "overwrite", "throttle", "strict", "norm",
+                             "max_skip_fraction")}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for split in sorted(plan):
         for item in plan[split]:
@@ -240,7 +286,7 @@ def _read_sample(item: PlannedSample, options: ConvertOptions) -> Dict[str, Any]
     annotation = item.annotation
     thermal = read_bytes(item.image_path)
     ext = item.thermal.ext
-    if options.verify:
+    if options.verify or item.thermal.mode in FLOAT_MODES:  # float frames: always (NaN-only frames)
         try:
             decode_with(thermal, ext, options.norm)
         except ValueError as exc:
@@ -252,7 +298,11 @@ def _read_sample(item: PlannedSample, options: ConvertOptions) -> Dict[str, Any]
     if remapped is not None:
         thermal, ext = remapped, "png"
     elif options.reencode:
-        thermal, ext = reencode_png(thermal), "png"
+        reencoded = reencode_png(thermal)
+        if reencoded is not None:
+            thermal, ext = reencoded, "png"
+        else:  # fractional float values: PNG has no float pixels, keep the lossless original
+            metadata["stored_as"] = f"original float frame (.{ext}): PNG cannot hold its fractional values"
     sample = {"__key__": item.key, ext: thermal, "txt": annotation.global_caption.encode("utf-8")}
     if annotation.fg_caption is not None:
         sample["fg.txt"] = annotation.fg_caption.encode("utf-8")
@@ -328,6 +378,8 @@ def _safe_read(item: PlannedSample, options: ConvertOptions):
         return _read_sample(item, options)
     except (ImageFileError, OSError, ValueError) as exc:
         return exc
+    except Exception as exc:  # one sample's unexpected failure must not end the run
+        return ImageFileError(f"cannot read {item.image_path}: {type(exc).__name__}: {exc}")
 
 
 def write_split(options: ConvertOptions, split: str, items: List[PlannedSample], journal: ConversionJournal,
@@ -392,5 +444,12 @@ def convert(options: ConvertOptions) -> Dict[str, Any]:
                 prefix=options.prefix)
     write_json_atomic(os.path.join(options.output_dir, MANIFEST_NAME), manifest)
     if manifest["total_samples"] == 0:
-        raise ConversionError(f"no samples written ({len(skipped)} skipped; see {options.output_dir}/{MANIFEST_NAME})")
+        raise ConversionError(f"no samples written ({len(skipped)} skipped; see {options.output_dir}/{MANIFEST_NAME})",
+                              manifest)
+    limit = options.max_skip_fraction
+    if limit is not None and manifest["skipped_failures"] > limit * manifest["total_rows"]:
+        raise TooManySkippedError(
+            f"{manifest['skipped_fraction']:.1%} of the rows were skipped ({manifest['skipped_failures']} of "
+            f"{manifest['total_rows']}), more than --max-skip-fraction {limit:g}; the shards and "
+            f"{options.output_dir}/{MANIFEST_NAME} are written, see the reasons there", manifest)
     return manifest

@@ -25,6 +25,11 @@ Rules:
 
   The 8-bit conversion happens after this stretch, so the 256 grey levels cover the scene's
   actual range instead of the full 16-bit code space.
+
+* Float frames (``F`` TIFFs, float ``.npy``) go through the same stretch. Non-finite pixels (NaN,
+  +-inf: no-data or saturated marks of radiometric exports) are left out of the statistics and
+  set to :data:`NON_FINITE_VALUE` (0.0, black) in the result; a frame with no finite pixel at all
+  is a :class:`ThermalDecodeError` (a skipped sample in the loader and with ``--verify``).
 """
 import io
 from dataclasses import asdict, dataclass
@@ -34,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 NORM_MODES = ("percentile", "minmax", "fixed")
+NON_FINITE_VALUE = 0.0  # what NaN / inf pixels of a float frame become after normalisation
 
 _EIGHT_BIT_MODES = {"1", "L", "LA"}
 _COLOUR_MODES = {"RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
@@ -78,22 +84,39 @@ def normalise(values: np.ndarray, norm: str = "percentile", low: float = 1.0, hi
 
     Returns:
         float32 array of the same shape, clipped to [0, 1]. A flat image (no spread) maps to 0.
+        Non-finite values (NaN, +-inf) are ignored by the statistics and become
+        :data:`NON_FINITE_VALUE`.
+
+    Raises:
+        ThermalDecodeError: not a single finite value.
     """
     values = values.astype(np.float32, copy=False)
+    if norm not in NORM_MODES:
+        raise ValueError(f"unknown thermal normalisation {norm!r}; choose one of {NORM_MODES}")
+    finite = None
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        if finite.all():
+            finite = None
+        elif not finite.any():
+            raise ThermalDecodeError(f"no finite pixel value in the frame ({values.size} NaN or inf pixels)")
+    valid = values if finite is None else values[finite]
     if norm == "percentile":
         if not 0.0 <= low < high <= 100.0:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}")
-        lo, hi = np.percentile(values, [low, high])
+        lo, hi = np.percentile(valid, [low, high])
     elif norm == "minmax":
-        lo, hi = float(values.min()), float(values.max())
-    elif norm == "fixed":
-        lo, hi = value_range if value_range is not None else (0.0, 65535.0)
+        lo, hi = float(valid.min()), float(valid.max())
     else:
-        raise ValueError(f"unknown thermal normalisation {norm!r}; choose one of {NORM_MODES}")
+        lo, hi = value_range if value_range is not None else (0.0, 65535.0)
     span = float(hi) - float(lo)
     if span <= 0:
         return np.zeros_like(values, dtype=np.float32)
-    return np.clip((values - float(lo)) / span, 0.0, 1.0).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        frame = np.clip((values - float(lo)) / span, 0.0, 1.0).astype(np.float32)
+    if finite is not None:
+        frame[~finite] = NON_FINITE_VALUE
+    return frame
 
 
 def decode_thermal(data: bytes, ext: str, norm: str = "percentile", low: float = 1.0, high: float = 99.0,
@@ -131,6 +154,8 @@ def decode_thermal(data: bytes, ext: str, norm: str = "percentile", low: float =
 
 def thermal_to_pil(frame: np.ndarray) -> Image.Image:
     """Turn a [0, 1] float frame into the 8-bit 3-channel PIL image an OpenCLIP preprocess takes."""
+    frame = np.nan_to_num(np.asarray(frame, dtype=np.float32), nan=NON_FINITE_VALUE, posinf=NON_FINITE_VALUE,
+                          neginf=NON_FINITE_VALUE)
     grey = np.round(np.clip(frame, 0.0, 1.0) * 255.0).astype(np.uint8)
     return Image.fromarray(grey).convert("RGB")
 

@@ -51,13 +51,14 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def resolve_path(path: str, image_root: Optional[str]) -> str:
-    """Join a relative annotation path to ``image_root``; absolute paths and URLs are kept."""
-    if _is_url(path) or os.path.isabs(path) or not image_root:
-        return path
-    if _is_url(image_root):
-        return posixpath.join(image_root.rstrip("/"), path)
-    return os.path.join(image_root, path)
+def resolve_path(path: str, image_root: Optional[str], allow_outside: bool = False) -> str:
+    """The path to read for an annotation path: ``annotations.resolve_annotation_path`` (the one rule).
+
+    Raises:
+        UnsafePathError: the path leads outside ``image_root`` (unless ``allow_outside``) or has a NUL byte.
+    """
+    from .annotations import resolve_annotation_path
+    return resolve_annotation_path(path, image_root, allow_outside)
 
 
 def _open(path: str):
@@ -79,6 +80,8 @@ def read_bytes(path: str) -> bytes:
         raise ImageFileError(f"missing image file {path}") from exc
     except OSError as exc:
         raise ImageFileError(f"unreadable image file {path}: {exc}") from exc
+    except (ImportError, ValueError) as exc:  # fsspec back-end not installed, NUL byte, bad URL
+        raise ImageFileError(f"cannot open image file {path}: {exc}") from exc
     if not data:
         raise ImageFileError(f"zero-size image file {path}")
     return data
@@ -128,13 +131,28 @@ def inspect_image(path: str, full_decode: bool = False, colour_check: bool = Fal
         raise ImageFileError(f"missing image file {path}") from exc
     except OSError as exc:
         raise ImageFileError(f"unreadable image file {path}: {exc}") from exc
+    except ImageFileError:
+        raise
+    except (ImportError, ValueError) as exc:  # fsspec back-end not installed, NUL byte, bad URL
+        raise ImageFileError(f"cannot open image file {path}: {exc}") from exc
 
 
-def reencode_png(data: bytes) -> bytes:
-    """Re-encode image bytes as lossless PNG, keeping 16-bit grey as 16-bit."""
+def reencode_png(data: bytes) -> Optional[bytes]:
+    """Re-encode image bytes as lossless PNG, keeping 16-bit grey as 16-bit.
+
+    Float frames (PIL mode ``F``) become a 16-bit PNG only when every value is a whole number in
+    0..65535 (counts stored as float); otherwise PNG cannot hold them without loss (a [0, 1] frame
+    would collapse to two grey levels) and None is returned: keep the original bytes.
+    """
     with Image.open(io.BytesIO(data)) as image:
         image.load()
-        if image.mode in ("I", "F", "I;16B", "I;16L", "I;16N"):
+        if image.mode == "F":
+            values = np.asarray(image)
+            whole = np.isfinite(values).all() and np.array_equal(values, np.round(values))
+            if not (whole and values.min() >= 0 and values.max() <= 65535):
+                return None
+            image = Image.fromarray(values.astype(np.uint16))
+        elif image.mode in ("I", "I;16B", "I;16L", "I;16N"):
             values = np.asarray(image)
             if values.min() < 0 or values.max() > 65535:
                 raise ImageFileError(f"values {values.min()}..{values.max()} do not fit a 16-bit PNG")

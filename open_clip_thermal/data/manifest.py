@@ -46,13 +46,24 @@ def _norm_flags(norm) -> str:
     return flags + (" --stretch-8bit" if norm.stretch_8bit else "")
 
 
+def reason_kind(reason: str) -> str:
+    """The kind of a skip reason: its text before any path or detail (``rgb: `` kept as a prefix)."""
+    if reason.startswith("rgb: "):
+        return "rgb: " + reason_kind(reason[len("rgb: "):])
+    for marker in (" /", " file:", " http", " s3:", " gs:", " (", ":", " ["):
+        reason = reason.split(marker, 1)[0]
+    return reason.strip()
+
+
 def skipped_by_reason(skipped: List[Skipped]) -> Dict[str, int]:
     """Count skipped samples by kind of reason (the reason text before any path or detail)."""
-    def kind(reason: str) -> str:
-        for marker in (" /", " file:", " http", " s3:", " gs:", " (", ":", " ["):
-            reason = reason.split(marker, 1)[0]
-        return reason.strip()
-    return dict(sorted(Counter(kind(s.reason) for s in skipped).items()))
+    return dict(sorted(Counter(reason_kind(s.reason) for s in skipped).items()))
+
+
+def counted_skips(skipped: List[Skipped]) -> List[Skipped]:
+    """The skips ``--max-skip-fraction`` counts: all but false-colour refusals (a policy with its own warning)."""
+    from .conversion import FALSE_COLOUR_REASON
+    return [s for s in skipped if not s.reason.startswith(FALSE_COLOUR_REASON)]
 
 
 def _caption_stats(samples: List["PlannedSample"]) -> Dict[str, Any]:
@@ -139,6 +150,15 @@ def build_manifest(options: "ConvertOptions", plan: Dict[str, List["PlannedSampl
             warnings.append(f"split {split!r}: {over} fine-grained caption(s) exceed the 77-token context "
                             f"and will be truncated by the tokenizer")
     thermal_frames = _thermal_frames(options, plan, splits, skipped, warnings)
+    from .conversion import OUTSIDE_ROOT_REASON
+    outside = [s for s in skipped if s.reason.split("rgb: ", 1)[-1].startswith(OUTSIDE_ROOT_REASON)]
+    if outside:
+        warnings.append(f"{len(outside)} row(s) were refused because an image path leads outside --image-root "
+                        f"(absolute path, '..', a symlink or another URL), e.g. row {outside[0].row}; fix the "
+                        f"annotations or pass --allow-outside-root if those files are meant to be read")
+    total_samples = sum(split["samples"] for split in splits.values())
+    failures = len(counted_skips(skipped))
+    total_rows = total_samples + len(skipped)
     settings = asdict(options)
     settings["fields"] = asdict(options.fields)
     for private in ("command", "progress", "throttle"):
@@ -154,7 +174,7 @@ def build_manifest(options: "ConvertOptions", plan: Dict[str, List["PlannedSampl
         "resumed_shards": resumed_shards,
         "write_seconds": round(write_seconds, 3),
         "samples_per_second": round(written_this_run / write_seconds, 1) if write_seconds > 0 else None,
-        "total_samples": sum(split["samples"] for split in splits.values()),
+        "total_samples": total_samples,
         "total_bytes": sum(split["bytes"] for split in splits.values()),
         "splits": splits,
         "thermal_frames": thermal_frames,
@@ -162,6 +182,11 @@ def build_manifest(options: "ConvertOptions", plan: Dict[str, List["PlannedSampl
         "normalisation": dict(options.norm.to_dict(), applied="at decode time (train / benchmark); shards "
                               "hold the original frames", flags=_norm_flags(options.norm)),
         "skipped_count": len(skipped),
+        # every annotation row is either written or skipped; false-colour refusals are not failures
+        "total_rows": total_rows,
+        "skipped_failures": failures,
+        "skipped_fraction": round(failures / total_rows, 4) if total_rows else 0.0,
+        "max_skip_fraction": options.max_skip_fraction,
         "skipped_by_reason": skipped_by_reason(skipped),
         "skipped": [s.to_dict() for s in skipped],
         "warnings": warnings,
