@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional
 
 import fsspec
 
+from ..data.annotations import UnsafePathError, resolve_annotation_path
 from .client import AuthenticationError, CaptionRequestError, ChatCompletionsClient, Completion
 from .prompts import CAPTION_KINDS, PromptSet, caption_messages, fix_messages
 from .quality import RGBHallucinationLint
@@ -81,7 +82,11 @@ class Captioner:
     Args:
         client: the chat-completions client.
         prompts: the prompt set.
-        rgb_root: folder (or URL prefix) that relative ``rgb`` paths are relative to.
+        rgb_root: folder (or URL prefix) that relative ``rgb`` paths are relative to. When given,
+            every ``rgb`` path must stay under it (``..``, symlinks, absolute paths and other
+            URLs are refused: :func:`open_clip_thermal.data.annotations.resolve_annotation_path`,
+            the converter's rule); without it paths are read as written.
+        allow_outside_root: read paths outside ``rgb_root`` anyway (``--allow-outside-root``).
         fix_hallucinations: re-ask with the corrective prompt when the lint flags a caption.
         max_fix_rounds: at most this many re-asks per caption.
         lint: the lint used for re-asks (the shipped lexicon by default).
@@ -89,17 +94,26 @@ class Captioner:
 
     def __init__(self, client: ChatCompletionsClient, prompts: PromptSet,
                  rgb_root: Optional[str] = None, fix_hallucinations: bool = False,
-                 max_fix_rounds: int = 1, lint: Optional[RGBHallucinationLint] = None):
+                 max_fix_rounds: int = 1, lint: Optional[RGBHallucinationLint] = None,
+                 allow_outside_root: bool = False):
         self.client = client
         self.prompts = prompts
         self.rgb_root = rgb_root
+        self.allow_outside_root = allow_outside_root
         self.fix_hallucinations = fix_hallucinations
         self.max_fix_rounds = max_fix_rounds
         self.lint = lint or (RGBHallucinationLint() if fix_hallucinations else None)
 
     def load_rgb(self, pair: dict) -> str:
         """Data URL of the pair's RGB image; :class:`CaptionFailure` (stage ``input``) if unreadable."""
-        path = resolve_path(pair["rgb"], self.rgb_root)
+        if self.rgb_root:
+            try:
+                path = resolve_annotation_path(pair["rgb"], self.rgb_root, self.allow_outside_root)
+            except UnsafePathError as exc:
+                raise CaptionFailure("input", f"refused RGB path: {exc} (--allow-outside-root "
+                                              "reads it anyway)") from None
+        else:
+            path = resolve_path(pair["rgb"], None)
         try:
             return image_data_url(path)
         except (OSError, ValueError) as exc:

@@ -40,7 +40,11 @@ def _add_caption_parser(sub) -> None:
                         "split, dataset, meta (e.g. from tools/list_pairs.py)")
     p.add_argument("--rgb-root", default=None,
                    help="folder or URL prefix that relative 'rgb' paths start from "
-                        "(default: as written, relative to the working directory)")
+                        "(default: as written, relative to the working directory). When given, "
+                        "'rgb' paths must stay under it: '..', symlinks, absolute paths and other "
+                        "URLs leading outside are refused (the pair goes to the errors file)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read 'rgb' paths outside --rgb-root anyway (as the converter's flag)")
     p.add_argument("--server-url", required=True,
                    help="server root with the API prefix, e.g. http://localhost:8000/v1")
     p.add_argument("--model", required=True,
@@ -154,6 +158,7 @@ def _caption(args) -> int:
         temperature=args.temperature, max_tokens=args.max_tokens, extra_body=extra,
         max_connections=args.concurrency, max_response_bytes=args.max_response_bytes)
     captioner = Captioner(client, prompts, rgb_root=args.rgb_root,
+                          allow_outside_root=args.allow_outside_root,
                           fix_hallucinations=args.fix_hallucinations,
                           max_fix_rounds=args.max_fix_rounds)
     try:

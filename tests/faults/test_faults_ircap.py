@@ -252,3 +252,26 @@ def test_echoed_key_is_redacted_from_errors_records_and_stderr(tmp_path, monkeyp
     records = [json.loads(line) for line in files["captions.jsonl"].splitlines()]
     assert sorted(r["id"] for r in records) == ["p0", "p1"]
     assert "Authorization: Bearer ***" in next(r for r in records if r["id"] == "p1")["global_caption"]
+
+
+# ---- --rgb-root confines the RGB paths a pairs file may name ---------------------------------
+
+def test_rgb_paths_outside_the_rgb_root_are_refused(tmp_path, capsys):
+    root = tmp_path / "data"
+    _make_pairs(root, 2)
+    secret = tmp_path / "outside.png"
+    secret.write_bytes((root / "rgb" / "p0.png").read_bytes())
+    rows = [{"id": "p0", "image": "thermal/p0.png", "rgb": "../outside.png"},
+            {"id": "p1", "image": "thermal/p1.png", "rgb": str(secret)},
+            {"id": "p2", "image": "thermal/p2.png", "rgb": "rgb/p1.png"}]
+    (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with MockChatServer() as server:
+        assert main(_caption_args(root, server, "--concurrency", "1")) == 1
+        errors = [json.loads(line) for line in
+                  (root / "captions.errors.jsonl").read_text().splitlines()]
+        assert sorted(e["id"] for e in errors) == ["p0", "p1"]
+        assert all(e["stage"] == "input" and "not under" in e["error"] for e in errors)
+        assert server.requests_total == 2  # only p2 was sent
+        # The converter's escape hatch, under the same name.
+        assert main(_caption_args(root, server, "--allow-outside-root")) == 0
+        assert server.requests_total == 6
