@@ -18,9 +18,11 @@ setup(
                                         "ircap/lexicons/*.json"]},
     python_requires=">=3.9",
     install_requires=[
-        # Loose ranges: the README's install command picks the exact torch builds.
-        "torch>=2.1",
-        "torchvision>=0.16",
+        # Loose ranges: the README's install command picks the exact torch builds. torch>=2.6: from 2.6
+        # torch.load defaults to weights_only=True, and open_clip_train's pt_load calls it without the
+        # argument (our trainer hook passes weights_only=True itself); torchvision 0.21 pairs with 2.6.
+        "torch>=2.6",
+        "torchvision>=0.21",
         # 4.x reorganises the trainer and attention; the `training` extra brings pandas and
         # pins webdataset<=0.2.86, which open_clip_train's pipeline needs.
         "open_clip_torch[training]>=3.0,<4",

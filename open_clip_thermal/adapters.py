@@ -55,6 +55,13 @@ def base_fingerprint(model: DualLoRAFusion) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
+def _check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse to write NaN/inf weights: :class:`AdapterError` naming the tensor."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise AdapterError(f"refusing to write {what}: {key} holds non-finite values (NaN/inf)")
+
+
 def _branch_tensors(model: DualLoRAFusion, branch: str) -> Dict[str, torch.Tensor]:
     suffix = "." + branch
     tensors = {}
@@ -89,13 +96,16 @@ def adapter_config(model: DualLoRAFusion, branches: Iterable[str]) -> dict:
 def save_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Iterable[str]] = None) -> Path:
     """Write the LoRA weights of ``branches`` (default: all) and the config to ``folder``.
 
-    Files are written to temporary names and renamed, so a crash never leaves half a file.
+    Files are written to temporary names and renamed, so a crash never leaves half a file; non-finite
+    weights are refused before any file is written.
     """
     folder = Path(folder)
     names = list(model.branches if branches is None else branches)
     for b in names:
         if b not in model.branches:
             raise AdapterError(f"model has no branch {b!r} (branches: {list(model.branches)})")
+        _check_finite(_branch_tensors(model, b), f"adapter branch {b!r} to {folder}")
+    for b in names:
         tensors = _branch_tensors(model, b)
         atomic_write(folder / b / WEIGHTS_NAME,
                       lambda tmp, t=tensors: save_file(t, tmp, metadata={"format": FORMAT, "branch": b}))
@@ -236,6 +246,7 @@ def export_merged(model: DualLoRAFusion, branch: Optional[str], path: PathLike) 
     QuickGELU; stock OpenCLIP needs ``force_quick_gelu=True`` for those."""
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.merged_state_dict(branch).items()}
+    _check_finite(state, f"merged export {path}")
     if path.suffix == ".safetensors":
         metadata = dict(export_metadata(model), method=f"tclip-lora:{branch}")
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))

@@ -10,6 +10,7 @@ import sys
 from typing import Optional, Sequence
 
 import open_clip_thermal  # noqa: F401  (registers the T-CLIP models with OpenCLIP)
+from open_clip_thermal.training.checkpoints import NonFiniteWeightsError
 from open_clip_thermal.training.hooks import TrainerHooks
 from open_clip_thermal.training.losses import NonFiniteLossError
 from open_clip_thermal.training.options import build_parser, parse_args, plan_steps, train_options
@@ -38,11 +39,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with TrainerHooks(options).installed():
             trainer_main.main(trainer_argv)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, NonFiniteWeightsError) as e:
         logging.error(str(e))
         print(f"open_clip_thermal.train: {e}", file=sys.stderr)
         return 1
-    except ValueError as e:  # bad data or adapter input, named by the raising code
+    except ValueError as e:  # bad data, adapter input or resume checkpoint, named by the raising code
         print(f"open_clip_thermal.train: {e}", file=sys.stderr)
         return 2
     return 0

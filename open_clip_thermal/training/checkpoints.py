@@ -4,16 +4,84 @@ open_clip_train saves ``{"epoch", "name", "state_dict", "optimizer", "scaler"}``
 state. For LoRA runs the frozen backbone is never saved: ``state_dict`` keeps only trainable tensors,
 and the RNG states of the process are added so a resumed run continues the same random stream. On
 resume the full state dict is rebuilt from the live model (whose frozen weights came from the same
-``--pretrained``) before open_clip_train loads it strictly.
+``--pretrained``) before open_clip_train loads it strictly; the slim checkpoint records a fingerprint of
+those frozen weights, and a resume on other base weights is refused.
+
+Every checkpoint is read with ``torch.load(weights_only=True)`` (tensors and plain containers only: a
+pickled object that would run code is refused, whatever torch's default), written atomically, and
+written only when every tensor in it is finite.
 """
+import pickle
 import random
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 MARKER = "open_clip_thermal"
+
+
+class ResumeError(ValueError):
+    """A checkpoint that cannot be read, is unsafe to unpickle, or does not fit this run."""
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """Training produced NaN/inf weights; nothing with them is written."""
+
+
+def load_checkpoint(path: str, map_location=None) -> Any:
+    """``torch.load(weights_only=True)`` of ``path`` (local or fsspec URL), with a :class:`ResumeError`
+    naming the file when it is truncated, corrupt, or holds objects that would run code on load."""
+    import fsspec
+    try:
+        with fsspec.open(path, "rb") as f:
+            return torch.load(f, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = next((line.strip().split(". ")[0] for line in str(e).splitlines() if "Unsupported" in line),
+                      "not a weights-only checkpoint")
+        raise ResumeError(f"refusing to load checkpoint {path}: it holds objects other than tensors and plain "
+                          f"containers, which could run code when unpickled ({detail}); open_clip_thermal "
+                          "loads checkpoints with torch.load(weights_only=True) only") from None
+    except FileNotFoundError:
+        raise ResumeError(f"checkpoint {path} does not exist") from None
+    except (EOFError, RuntimeError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else "(no message)"
+        raise ResumeError(f"checkpoint {path} cannot be read (truncated or corrupt?): "
+                          f"{type(e).__name__}: {first}") from None
+
+
+def model_base_fingerprint(model: nn.Module) -> Optional[str]:
+    """:func:`open_clip_thermal.adapters.base_fingerprint` of a model with a frozen ``base``, else None."""
+    if not isinstance(getattr(model, "base", None), nn.Module):
+        return None
+    from ..adapters import base_fingerprint
+    return base_fingerprint(model)
+
+
+def check_base(checkpoint: Dict[str, Any], model: nn.Module, path: str) -> None:
+    """Refuse a slim checkpoint written on other frozen base weights than ``model``'s."""
+    saved = checkpoint[MARKER].get("base_fingerprint")
+    live = model_base_fingerprint(model)
+    if saved and live and saved != live:
+        raise ResumeError(f"resume checkpoint {path} was trained on other base weights than this run's "
+                          f"--pretrained (checkpoint base {saved}, this run's {live}); the slim checkpoint holds "
+                          "only the LoRA/adapter tensors, so resume with the --pretrained of the run that wrote it")
+
+
+def first_non_finite(tensors: Iterable[Tuple[str, Any]]) -> Optional[str]:
+    """The name of the first floating-point tensor holding NaN/inf, or None."""
+    for name, value in tensors:
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            return name
+    return None
+
+
+def optimizer_tensors(optimizer_state: Dict[str, Any]):
+    """``(name, tensor)`` of an optimizer ``state_dict``'s per-parameter state."""
+    for index, state in (optimizer_state or {}).get("state", {}).items():
+        for key, value in state.items():
+            yield f"optimizer state {index}.{key}", value
 
 
 def rng_state() -> Dict[str, Any]:
@@ -51,7 +119,8 @@ def slim_checkpoint(checkpoint: Dict[str, Any], model: nn.Module, step: Optional
     state = {k: v for k, v in checkpoint["state_dict"].items() if _strip_module(k) in trainable}
     if len(state) != len(trainable):
         raise RuntimeError(f"checkpoint holds {len(state)} of the model's {len(trainable)} trainable tensors")
-    return dict(checkpoint, state_dict=state, **{MARKER: {"slim": True, "rng": rng_state(), "step": step}})
+    return dict(checkpoint, state_dict=state, **{MARKER: {"slim": True, "rng": rng_state(), "step": step,
+                                                          "base_fingerprint": model_base_fingerprint(model)}})
 
 
 def is_slim(checkpoint: Any) -> bool:

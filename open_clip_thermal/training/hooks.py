@@ -11,8 +11,12 @@ of its module at call time, and :class:`TrainerHooks` swaps exactly those for th
 ``get_data``                     the thermal WebDataset loader (16-bit decode, caption modes)
 ``create_loss``                  one InfoNCE per branch for ``--branch both``; the DeCLIP loss for
                                  ``--method declip``; stops on NaN/inf
-``pt_load`` / ``torch.save``     slim checkpoints (trainable tensors + RNG states, never the
-                                 backbone) and adapter folders at every save; rebuilt on resume
+``pt_load`` / ``torch.save``     slim checkpoints (trainable tensors + RNG states + base fingerprint,
+                                 never the backbone) and adapter folders at every save, written
+                                 atomically and only when finite; read with ``weights_only=True``,
+                                 rebuilt on resume, refused on other base weights
+``get_latest_checkpoint``        ``--resume latest``: the newest checkpoint that loads (unreadable ones
+                                 are skipped and logged)
 ``torch.nn.parallel.DDP``        without ``device_ids`` on CPU (gloo), which torch rejects
 ==============================  ===============================================================
 
@@ -28,6 +32,7 @@ OpenCLIP model, all weights trained, full checkpoints plus ``model.safetensors``
 momentum state for resuming, plus ``model.safetensors`` exports of the online model).
 """
 import contextlib
+import glob
 import logging
 import math
 import os
@@ -40,7 +45,7 @@ import torch
 import torch.nn as nn
 
 from ..adapters import THERMAL_NORM_ATTR, load_adapters, read_adapter_config, save_adapters
-from ..files import atomic_replace_dir
+from ..files import atomic_replace_dir, atomic_write
 from ..data.decode import ThermalNorm
 from ..base_model import FORCE_GELU, resolve_activation
 from ..baselines import (EXPORT_NAME, ClipAdapterModel, DeclipConfig, DeclipLoss, DeclipModel, save_clip_adapter,
@@ -49,7 +54,8 @@ from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION
 from ..fusion import DualLoRAFusion, FINE_GRAINED, GLOBAL
 from ..lora import LoRAConfig
 from ..registry import get_tclip_config, list_tclip_models, register_tclip_model
-from .checkpoints import MARKER, expand_checkpoint, is_slim, restore_rng_state, slim_checkpoint
+from .checkpoints import (MARKER, NonFiniteWeightsError, ResumeError, check_base, expand_checkpoint, first_non_finite,
+                          is_slim, load_checkpoint, optimizer_tensors, restore_rng_state, slim_checkpoint)
 from .losses import DualBranchClipLoss, FiniteLossGuard
 
 BRANCH_MODES = ("global", "fine_grained", "mixed", "both")
@@ -143,6 +149,9 @@ class TrainerHooks:
         self.model: Optional[nn.Module] = None
         self.first_step = 0
         self._pending_rng = None
+        self._loss_guard: Optional[FiniteLossGuard] = None
+        self._last_saved: Optional[Path] = None  # the last epoch checkpoint this run wrote
+        self._preloaded: Dict[str, dict] = {}  # --resume latest: the checkpoint already read to pick it
         self._clip_groups: Dict[str, List[nn.Parameter]] = {}
         self._originals = {}
 
@@ -248,33 +257,87 @@ class TrainerHooks:
             loss = DeclipLoss(self.options.declip, **clip_loss_args)
         else:
             loss = self._originals["create_loss"](args)
-        return FiniteLossGuard(loss, first_step=self.first_step)
+        self._loss_guard = FiniteLossGuard(loss, first_step=self.first_step)
+        return self._loss_guard
 
     # ------------------------------------------------------------------ checkpoints
     def pt_load(self, path, map_location=None):
-        checkpoint = self._originals["pt_load"](path, map_location=map_location)
+        """open_clip_train's ``pt_load`` with ``weights_only=True`` (whatever torch's default), the
+        slim checkpoint's base fingerprint checked against this run's base, and the full state rebuilt."""
+        checkpoint = self._preloaded.pop(path, None)
+        if checkpoint is None:
+            checkpoint = load_checkpoint(path, map_location=map_location)
         if is_slim(checkpoint):
+            check_base(checkpoint, self.model, path)
             self._pending_rng = checkpoint[MARKER]["rng"]
             checkpoint = expand_checkpoint(checkpoint, self.model)
         return checkpoint
 
+    def get_latest_checkpoint(self, path: str, remote: bool):
+        """``--resume latest``: open_clip_train's choice (newest by natural sort), but a checkpoint that
+        does not load (truncated by a kill, corrupt, unsafe) is skipped, with a warning saying why."""
+        if remote:
+            return self._originals["get_latest_checkpoint"](path, remote)
+        import open_clip_train.main as trainer_main
+        candidates = sorted(glob.glob(path + "**/*.pt", recursive=True), key=trainer_main.natural_key, reverse=True)
+        skipped = []
+        for candidate in candidates:
+            try:
+                checkpoint = load_checkpoint(candidate, map_location="cpu")
+            except ResumeError as e:
+                logging.warning(f"skipping resume checkpoint {candidate}: {e}")
+                skipped.append(candidate)
+                continue
+            if skipped:
+                logging.warning(f"resuming from {candidate} instead of the newer {', '.join(skipped)}")
+            self._preloaded = {candidate: checkpoint}
+            return candidate
+        if skipped:
+            raise ResumeError(f"--resume latest: none of the checkpoints in {path} loads ({', '.join(skipped)}); "
+                              "see out.log, or pass --resume with a checkpoint")
+        return None
+
+    def _check_finite(self, obj: dict, state: dict, path: Path) -> None:
+        """Raise :class:`NonFiniteWeightsError` (before anything is written) when a tensor to be saved
+        holds NaN/inf: the loss guard sees the loss of a step, not the weights its update produced."""
+        bad = first_non_finite(state.items()) or first_non_finite(optimizer_tensors(obj.get("optimizer")))
+        if bad is None:
+            return
+        guard = self._loss_guard
+        step = f"step {guard.step - 1}" if guard is not None and guard.step > 0 else "the last step"
+        if self._last_saved is not None:
+            kept = f"the last checkpoint written, {self._last_saved}, and its adapters are intact"
+        else:
+            kept = "no checkpoint of this run was written before"
+        raise NonFiniteWeightsError(
+            f"non-finite weights after {step} (epoch {obj.get('epoch')}): {bad} holds NaN/inf; refusing to write "
+            f"{path.name} and the adapters - {kept} (lower --lr, clip gradients, or use fp32)")
+
     def save_checkpoint(self, obj, f, *args, **kwargs):
         is_train_state = isinstance(obj, dict) and "state_dict" in obj and "epoch" in obj
         if not is_train_state:
+            if isinstance(f, (str, os.PathLike)):
+                return atomic_write(f, lambda tmp: torch.save(obj, tmp, *args, **kwargs))
             return torch.save(obj, f, *args, **kwargs)
         path = Path(f)
         run_dir = path.parent.parent
         epoch_save = path.name != "tmp.pt"  # the save-most-recent copy repeats an epoch save
+        # every file is written to a temporary name and renamed: a kill mid-save leaves the old state
         if self.options.method in ("lora", "clip-adapter"):  # frozen backbone: never saved
-            torch.save(slim_checkpoint(obj, self.model), f, *args, **kwargs)
+            slim = slim_checkpoint(obj, self.model)
+            self._check_finite(obj, slim["state_dict"], path)
+            atomic_write(path, lambda tmp: torch.save(slim, tmp, *args, **kwargs))
             if epoch_save:
                 self._write_adapters(path.with_name(path.stem + "_adapters"))
             self._write_adapters(run_dir / "adapters")
         else:  # full, declip: everything trains; the checkpoint also keeps DeCLIP's momentum state
-            torch.save(obj, f, *args, **kwargs)
+            self._check_finite(obj, obj["state_dict"], path)
+            atomic_write(path, lambda tmp: torch.save(obj, tmp, *args, **kwargs))
             if epoch_save:
                 save_openclip_weights(self.model, path.with_name(f"{path.stem}_{EXPORT_NAME}"))
             save_openclip_weights(self.model, run_dir / EXPORT_NAME)
+        if epoch_save:
+            self._last_saved = path
 
     def _write_adapters(self, folder: Path) -> None:
         """Write to a fresh temporary folder, then swap it in, so readers never see half a folder."""
@@ -313,6 +376,7 @@ class TrainerHooks:
             "get_data": self.get_data,
             "create_loss": self.create_loss,
             "pt_load": self.pt_load,
+            "get_latest_checkpoint": self.get_latest_checkpoint,
             "torch": _torch_for_trainer(self),
         }
         self._originals = {name: getattr(trainer_main, name) for name in replacements}

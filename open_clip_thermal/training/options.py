@@ -1,6 +1,7 @@
 """Command-line flags of ``python -m open_clip_thermal.train`` and their translation for open_clip_train.
 
-Our flags are parsed with ``parse_known_args``; every other flag goes to open_clip_train unchanged.
+Our flags are parsed with ``parse_known_args`` (exact names only, no abbreviations); every other flag
+goes to open_clip_train unchanged.
 """
 import argparse
 import math
@@ -26,7 +27,9 @@ PAPER_PRESET = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m open_clip_thermal.train", add_help=False,
+        # allow_abbrev=False: parse_known_args would otherwise take "--lora-r 4" as --lora-rank;
+        # parse_args stops on a left-over abbreviation of ours
+        prog="python -m open_clip_thermal.train", add_help=False, allow_abbrev=False,
         description="Train T-CLIP LoRA branches with OpenCLIP's trainer (open_clip_train). The flags below "
                     "are ours; every open_clip_train flag (--train-data, --val-data, --model, --pretrained, "
                     "--lr, --wd, --batch-size, --epochs, --warmup, --precision, --workers, --logs, --name, "
@@ -100,8 +103,27 @@ def _add_baseline_flags(parser: argparse.ArgumentParser) -> None:
                    help=f"DeCLIP: weight of the text-text nearest-neighbour loss. Default: {d.text_nn_weight}.")
 
 
+def _reject_abbreviations(parser: argparse.ArgumentParser, rest: Sequence[str]) -> None:
+    """Stop on a left-over flag that abbreviates one of ours: open_clip_train would otherwise take it
+    as one of its own (``--grad-clip`` as its global ``--grad-clip-norm``) or fail on it obscurely."""
+    ours = sorted(s for action in parser._actions for s in action.option_strings if s.startswith("--"))
+    for arg in rest:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--"):
+            continue
+        matches = [flag for flag in ours if flag.startswith(name) and flag != name]
+        if matches:
+            raise SystemExit(f"open_clip_thermal.train: {name} abbreviates {', '.join(matches)}: write the flag "
+                             "in full (abbreviations are not accepted)")
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[str]]:
-    """Split ``argv`` into our namespace and the open_clip_train remainder (preset flags first)."""
+    """Split ``argv`` into our namespace and the open_clip_train remainder (preset flags first).
+
+    Flags are matched by their full names only; an abbreviation of one of ours stops with a message.
+    """
     argv = list(argv) if argv is not None else []
     parser = build_parser()
     preset_probe, _ = parser.parse_known_args(argv)
@@ -112,6 +134,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[
         if torch.cuda.is_available():
             trainer_prefix += ["--precision", "amp"]
     ours, rest = parser.parse_known_args(argv)
+    _reject_abbreviations(parser, rest)
     return ours, trainer_prefix + rest
 
 
