@@ -46,7 +46,7 @@ def load_checkpoint(path: str, map_location=None) -> Any:
     except FileNotFoundError:
         raise ResumeError(f"checkpoint {path} does not exist") from None
     except (EOFError, RuntimeError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else "(no message)"
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else "the file ends early"
         raise ResumeError(f"checkpoint {path} cannot be read (truncated or corrupt?): "
                           f"{type(e).__name__}: {first}") from None
 

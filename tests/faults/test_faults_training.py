@@ -35,13 +35,14 @@ def _log(run_dir):
     return (run_dir / "out.log").read_text()
 
 
-def test_resume_latest_skips_a_truncated_checkpoint(tmp_path, shards, base_checkpoint):
+@pytest.mark.parametrize("keep_bytes", [0, 200])  # what an interrupted in-place write leaves
+def test_resume_latest_skips_a_truncated_checkpoint(tmp_path, shards, base_checkpoint, keep_bytes):
     argv = _argv(tmp_path, "trunc", shards, base_checkpoint, *TWO_EPOCHS)
     assert train_main(argv) == 0
     run = tmp_path / "trunc"
     uninterrupted = _adapters(run / "adapters")
     newest = run / "checkpoints" / "epoch_2.pt"
-    newest.write_bytes(newest.read_bytes()[:200])  # what an interrupted in-place write leaves
+    newest.write_bytes(newest.read_bytes()[:keep_bytes])
     assert train_main(argv + ["--resume", "latest"]) == 0
     log = _log(run)
     assert "skipping resume checkpoint" in log and "epoch_2.pt" in log
