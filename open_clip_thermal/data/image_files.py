@@ -1,7 +1,6 @@
 """Locate, inspect and read the image files named by annotations (local paths or fsspec URLs)."""
 import io
 import os
-import posixpath
 from dataclasses import dataclass
 from typing import Optional
 
