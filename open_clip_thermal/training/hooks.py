@@ -308,7 +308,7 @@ class TrainerHooks:
         if self._last_saved is not None:
             kept = f"the last checkpoint written, {self._last_saved}, and its adapters are intact"
         else:
-            kept = "no checkpoint of this run was written before"
+            kept = f"this process wrote no checkpoint before; those already in {path.parent} are untouched"
         raise NonFiniteWeightsError(
             f"non-finite weights after {step} (epoch {obj.get('epoch')}): {bad} holds NaN/inf; refusing to write "
             f"{path.name} and the adapters - {kept} (lower --lr, clip gradients, or use fp32)")
