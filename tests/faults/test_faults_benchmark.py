@@ -5,6 +5,8 @@ Each test runs the CLI (``main``) end to end on tiny real shards and tiny random
 import io
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -67,16 +69,19 @@ def test_non_positive_batch_size_is_a_one_line_error(size, tmp_path, capsys):
 # ----------------------------------------------------------------------------- 1c: NaN embeddings
 
 def _nan_adapter(name, folder):
-    """Adapters saved from a model whose LoRA weights diverged to NaN (a blown-up training run)."""
+    """An adapter folder whose LoRA weights are NaN (a blown-up run saved by a version without the
+    finite-weights check): written finite, then the weights files are overwritten with NaN."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
     from open_clip_thermal.adapters import save_adapters
     import open_clip_thermal
     torch.manual_seed(0)
-    model = open_clip_thermal.create_model(name, pretrained=None)
-    with torch.no_grad():
-        for param_name, param in model.named_parameters():
-            if "lora_" in param_name:
-                param.fill_(float("nan"))
-    save_adapters(model, folder)
+    save_adapters(open_clip_thermal.create_model(name, pretrained=None), folder)
+    for path in Path(folder).rglob("adapter_model.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
+        tensors = {k: torch.full_like(v, float("nan")) if "lora_" in k else v for k, v in load_file(str(path)).items()}
+        save_file(tensors, str(path), metadata=metadata)
     return str(folder)
 
 
