@@ -173,3 +173,35 @@ def test_abbreviated_flags_are_rejected(capsys):
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(["--annotations", "a.jsonl", "--output-dir", "o", "--image-ro", "/data"])
     assert exit_info.value.code == 2 and "unrecognized arguments: --image-ro" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 3: float frames, NaN
+
+def _float_tiff(path, array):
+    Image.fromarray(np.asarray(array, dtype=np.float32), mode="F").save(path, format="TIFF")
+    return path
+
+
+def test_all_nan_float_frame_is_a_skipped_row_and_a_skipped_loader_sample(tmp_path):
+    import io
+
+    from data_helpers import TO_TENSOR, write_tar
+    from open_clip_thermal.data.loader import make_thermal_dataset
+    records = make_numbered_set(tmp_path / "data", 20)
+    nan_path = _float_tiff(tmp_path / "data/thermal/nan.tif", np.full((6, 8), np.nan))
+    spotty = np.tile(np.linspace(20.0, 40.0, 8, dtype=np.float32), (6, 1))  # degrees C, a few NaNs
+    spotty[0, :3] = np.nan
+    _float_tiff(tmp_path / "data/thermal/spotty.tif", spotty)
+    records += [_record("nan", "thermal/nan.tif"), _record("spotty", "thermal/spotty.tif")]
+    status, out, manifest = _convert(tmp_path, records)  # no --verify: float frames are always decoded
+    assert status == 0 and manifest["total_samples"] == 21
+    [skip] = manifest["skipped"]
+    assert skip["id"] == "nan" and skip["stage"] == "write" and "no finite pixel" in skip["reason"]
+    shard = write_tar(tmp_path / "hand.tar", [
+        {"__key__": "nan", "tif": nan_path.read_bytes(), "txt": b"infrared thermal"},
+        {"__key__": "spotty", "tif": (tmp_path / "data/thermal/spotty.tif").read_bytes(), "txt": b"infrared"}])
+    pipeline = make_thermal_dataset(str(shard), TO_TENSOR, lambda text: [text], is_train=False, with_meta=True)
+    items = list(pipeline)
+    assert [meta["key"] for *_, meta in items] == ["spotty"] and pipeline.decode_failures.count == 1
+    image = items[0][0][0].numpy()
+    assert image[0, :3].tolist() == [0.0, 0.0, 0.0] and image[1].max() == 1.0 and len(np.unique(image[1])) == 8
