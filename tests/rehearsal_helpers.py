@@ -3,20 +3,16 @@
 * ``openai_checkpoint``: random ViT-B-16 weights in the layout of OpenAI's ``ViT-B-16.pt`` (the CLIP
   state_dict in fp16), named by its SHA-256 like OpenAI's URLs, so OpenCLIP's real download code
   fetches and verifies it.
-* ``FileServer``: a threaded static HTTP server on 127.0.0.1 that counts the requests per path.
+* ``FileServer`` (tests/server_helpers.py) serves it on 127.0.0.1.
 * ``sitecustomize_dir``: a folder whose ``sitecustomize.py`` points OpenCLIP's registry entry for
   ``ViT-B-16`` / ``openai`` at that server in every child process (commands run as subprocesses).
   Nothing else of OpenCLIP or of this package is touched.
 * ``make_kaist_tree`` / ``make_flir_tree`` / ``make_fmb_tree``: tiny images with the releases' file
   naming and folder layout (docs/data.md).
 """
-import functools
 import hashlib
 import os
-import threading
 import warnings
-from collections import Counter
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, Iterable, Tuple
 
@@ -83,34 +79,6 @@ def openai_checkpoint(folder: Path, seed: int = 0) -> Tuple[Path, str]:
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, target)
     return target, digest
-
-
-class FileServer:
-    """Static files of ``root`` on 127.0.0.1 (any free port); ``requests`` counts GETs per path."""
-
-    def __init__(self, root: Path):
-        self.requests: Counter = Counter()
-        server = self
-
-        class Handler(SimpleHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                server.requests[self.path] += 1
-                super().do_GET()
-
-            def log_message(self, *args):  # keep the test output quiet
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> "FileServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 def sitecustomize_dir(folder: Path) -> Path:

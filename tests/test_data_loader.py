@@ -1,9 +1,6 @@
 """Streaming loader: remote shards, rank x worker coverage, caption modes, failures, sizing, stock compatibility."""
 import argparse
-import functools
-import http.server
 import logging
-import threading
 from collections import Counter
 
 import numpy as np
@@ -14,6 +11,7 @@ from data_helpers import TO_TENSOR, make_numbered_set, png_bytes, write_jsonl, w
 from open_clip_thermal.convert import main as convert_main
 from open_clip_thermal.data import sources
 from open_clip_thermal.data.loader import make_thermal_dataloader, make_thermal_dataset, mixed_pick_is_fine_grained
+from server_helpers import FileServer
 
 SHARDS = "thermal-train-{000000..000007}.tar"
 
@@ -44,18 +42,8 @@ def _keys(dataset):
 
 @pytest.fixture
 def http_root(shard_dir):
-    handler = functools.partial(_QuietHandler, directory=str(shard_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+    with FileServer(shard_dir) as server:
+        yield server.url
 
 
 @pytest.mark.parametrize("opener", ["curl", "urllib"])

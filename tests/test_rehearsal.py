@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from rehearsal_helpers import (ARCH, URL_ENV, FileServer, make_fmb_tree, make_flir_tree, make_kaist_tree,
+from server_helpers import FileServer
+from rehearsal_helpers import (ARCH, URL_ENV, make_fmb_tree, make_flir_tree, make_kaist_tree,
                                openai_checkpoint, sitecustomize_dir)
 
 REPO = Path(__file__).resolve().parents[1]

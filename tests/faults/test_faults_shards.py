@@ -3,13 +3,10 @@
 Both readers are checked: the training loader (``open_clip_thermal.data.loader``) and the benchmark's
 own shard reader (``open_clip_thermal.benchmark.shards``).
 """
-import functools
-import http.server
 import logging
 import os
 import shutil
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from open_clip_thermal.benchmark import shards as bench_shards
 from open_clip_thermal.benchmark.errors import BenchmarkError
 from open_clip_thermal.data.loader import make_thermal_dataloader, make_thermal_dataset
 from open_clip_thermal.data.sources import expand_urls
+from server_helpers import FileServer
 from train_helpers import make_shards
 
 PER_SHARD = 16
@@ -102,21 +100,10 @@ def test_truncated_shard_is_an_error_not_a_short_shard(shards, tmp_path):
 
 # ----------------------------------------------------------------------------- 2: no shell for http(s)
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def http_root(shards):
-    handler = functools.partial(_QuietHandler, directory=str(Path(shards[0]).parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with FileServer(Path(shards[0]).parent) as server:
+        yield server.url
 
 
 def _quoted_url(http_root: str) -> str:
