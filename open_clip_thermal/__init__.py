@@ -2,21 +2,50 @@
 
 ``import open_clip_thermal`` registers the ``tclip-*`` models with OpenCLIP (see ``registry.py``), after
 which ``open_clip.create_model('tclip-dual', pretrained='openai')`` and friends build T-CLIP models.
+
+The import itself is light: the names below are loaded on first use (PEP 562), and registration
+happens as soon as OpenCLIP is imported (``_autoinstall.py``), so commands that need neither torch
+nor OpenCLIP (``convert --help``, ``ircap``) start at once.
 """
+import importlib
+
+from . import _autoinstall
 from .version import __version__
-from .lora import LoRAConfig, count_lora_parameters, inject_lora
-from .fusion import DualLoRAFusion, fuse_features
-from .adapters import AdapterError, export_merged, load_adapters, save_adapters
-from .registry import (add_lora, create_model, create_tclip_model, get_tclip_config, install,
-                       list_tclip_models, register_tclip_model, uninstall)
 
-TCLIP = DualLoRAFusion  # the model class, under the method's name
+# public name -> (module, attribute)
+_LAZY = {
+    "LoRAConfig": ("lora", "LoRAConfig"),
+    "count_lora_parameters": ("lora", "count_lora_parameters"),
+    "inject_lora": ("lora", "inject_lora"),
+    "DualLoRAFusion": ("fusion", "DualLoRAFusion"),
+    "TCLIP": ("fusion", "DualLoRAFusion"),  # the model class, under the method's name
+    "fuse_features": ("fusion", "fuse_features"),
+    "AdapterError": ("adapters", "AdapterError"),
+    "export_merged": ("adapters", "export_merged"),
+    "load_adapters": ("adapters", "load_adapters"),
+    "save_adapters": ("adapters", "save_adapters"),
+    **{name: ("registry", name) for name in (
+        "add_lora", "create_model", "create_tclip_model", "get_tclip_config", "install", "list_tclip_models",
+        "register_tclip_model", "uninstall")},
+}
 
-install()
+__all__ = ["__version__", *_LAZY]
 
-__all__ = [
-    "__version__", "LoRAConfig", "count_lora_parameters", "inject_lora", "DualLoRAFusion", "TCLIP",
-    "fuse_features", "AdapterError", "export_merged", "load_adapters", "save_adapters", "add_lora",
-    "create_model", "create_tclip_model", "get_tclip_config", "install", "list_tclip_models",
-    "register_tclip_model", "uninstall",
-]
+
+def __getattr__(name):
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if name in ("registry", "lora", "fusion", "adapters", "base_model", "files", "baselines", "training",
+                "data", "benchmark", "ircap", "synthetic"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+_autoinstall.arm()

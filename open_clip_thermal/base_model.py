@@ -28,24 +28,13 @@ import open_clip.factory as oc_factory
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
+from ._autoinstall import original_create_model  # noqa: F401  (OpenCLIP's own create_model)
+
 QUICK_GELU = "quick_gelu"
 GELU = "gelu"
 FORCE_GELU = "force_gelu"  # keyword of create_model (and --force-gelu of the CLIs): GELU on QuickGELU weights
 
 EXPORT_FORMAT = "open_clip_thermal.openclip_weights"  # safetensors header of full-model exports
-
-_original_create_model = None  # set by registry.install(): OpenCLIP's own create_model
-
-
-def set_original_create_model(create) -> None:
-    """Remember OpenCLIP's own ``create_model`` (registry.install replaces the public one)."""
-    global _original_create_model
-    _original_create_model = create
-
-
-def original_create_model():
-    """OpenCLIP's ``create_model`` as it was before the plug-in wrapped it."""
-    return _original_create_model or oc_factory.create_model
 
 
 def weights_need_quick_gelu(model_name: str, pretrained) -> bool:

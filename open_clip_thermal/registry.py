@@ -1,36 +1,36 @@
-"""The one place where open_clip_thermal hooks into OpenCLIP.
+"""T-CLIP model names: what ``open_clip.create_model`` builds for them, behind the seam in ``_autoinstall.py``.
 
 OpenCLIP (3.x) has no plug-in hook for model classes: ``open_clip.factory.create_model`` builds
 ``CLIP``/``CustomTextCLIP``/``CoCa`` in a fixed if/else. Two public seams are used instead:
 
 1. ``open_clip.add_model_config`` registers our architecture JSONs (``model_configs/``, pure OpenCLIP
    schema), so ``list_models``, ``get_tokenizer`` and CLIP_benchmark know ``tclip-*`` names.
-2. :func:`install` wraps ``open_clip.factory.create_model`` (and the package-level alias
+2. :func:`install` (``_autoinstall.install``) wraps ``open_clip.factory.create_model`` (and the package-level alias
    ``open_clip.create_model``). ``create_model_and_transforms`` and ``create_model_from_pretrained``
    look ``create_model`` up in the factory module at call time, and so does ``open_clip_train``, so
    everything that creates models goes through the wrapper. The wrapper hands every name that is not a
    T-CLIP name to the original untouched; T-CLIP names build the plain base CLIP through the original
    (weights loaded strictly by OpenCLIP), then inject LoRA (``tclip_configs/``: branches, LoRA, fusion).
 
-:func:`install` runs at ``import open_clip_thermal``; it is idempotent and :func:`uninstall` reverts it.
+:func:`install` runs when both ``open_clip_thermal`` and OpenCLIP are imported (``_autoinstall.py``:
+at ``import open_clip_thermal`` if OpenCLIP is loaded, else right after ``import open_clip``); it
+is idempotent and :func:`uninstall` reverts it.
 """
-import functools
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-import open_clip
-import open_clip.factory as oc_factory
 import torch.nn as nn
 
+from . import _autoinstall
 from .adapters import AdapterError, adapter_folder, load_adapters, read_adapter_config
-from .base_model import FORCE_GELU, build_base, original_create_model, resolve_activation, set_original_create_model
+from .base_model import FORCE_GELU, build_base, original_create_model, resolve_activation
 from .fusion import DualLoRAFusion
 from .lora import LoRAConfig
 
 _HERE = Path(__file__).parent
-MODEL_CONFIG_DIR = _HERE / "model_configs"
+MODEL_CONFIG_DIR = _autoinstall.MODEL_CONFIG_DIR
 TCLIP_CONFIG_DIR = _HERE / "tclip_configs"
 
 _TCLIP_CONFIGS: Dict[str, dict] = {}
@@ -39,6 +39,9 @@ _TCLIP_CONFIGS: Dict[str, dict] = {}
 def _scan_tclip_configs() -> None:
     for path in sorted(TCLIP_CONFIG_DIR.glob("*.json")):
         _TCLIP_CONFIGS[path.stem] = json.loads(path.read_text())
+
+
+_scan_tclip_configs()
 
 
 def list_tclip_models() -> List[str]:
@@ -227,36 +230,11 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 1.0, dropout: float
                           output_dict=bool(getattr(model, "output_dict", False)))
 
 
-@functools.wraps(oc_factory.create_model)
-def _patched_create_model(model_name, pretrained=None, **kwargs):
-    return create_model(model_name, pretrained, **kwargs)
-
-
-_patched_create_model._open_clip_thermal = True
-
-
 def install() -> None:
     """Register configs with OpenCLIP and route ``create_model`` through :func:`create_model` (idempotent)."""
     _scan_tclip_configs()
-    if str(MODEL_CONFIG_DIR) not in map(str, oc_factory._MODEL_CONFIG_PATHS):
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
-    if getattr(oc_factory.create_model, "_open_clip_thermal", False):
-        return
-    set_original_create_model(oc_factory.create_model)
-    oc_factory.create_model = _patched_create_model
-    open_clip.create_model = _patched_create_model
+    _autoinstall.install()
 
 
-def uninstall() -> None:
-    """Restore OpenCLIP's own ``create_model`` (the JSON configs stay registered)."""
-    if not is_installed():
-        return
-    original = original_create_model()
-    oc_factory.create_model = original
-    open_clip.create_model = original
-    set_original_create_model(None)
-
-
-def is_installed() -> bool:
-    """Whether OpenCLIP's ``create_model`` currently routes through open_clip_thermal."""
-    return bool(getattr(oc_factory.create_model, "_open_clip_thermal", False))
+uninstall = _autoinstall.uninstall
+is_installed = _autoinstall.is_installed

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import open_clip_thermal as oct
-from open_clip_thermal import base_model, registry
+from open_clip_thermal import _autoinstall, base_model, registry
 
 from model_helpers import TINY, images
 
@@ -121,7 +121,7 @@ def test_openai_tag_reaches_openclip_download_path(monkeypatch):
             return real_original(TINY)
 
     real_original = base_model.original_create_model()
-    monkeypatch.setattr(base_model, "_original_create_model", fake_original)
+    monkeypatch.setattr(_autoinstall, "_original", fake_original)
     model = open_clip.create_model("tclip-dual", pretrained="openai", precision="fp32")
     assert calls == [("ViT-B-16", "openai", {"precision": "fp32", "force_quick_gelu": True})]
     assert model.tclip_info == {"model_name": "tclip-dual", "base_model": "ViT-B-16", "base_pretrained": "openai"}

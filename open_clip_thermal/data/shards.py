@@ -12,8 +12,6 @@ import os
 import re
 from typing import Any, Dict, List, Optional
 
-import webdataset as wds
-
 from .annotations import Skipped
 
 TAR_MTIME = 946684800.0  # 2000-01-01: a fixed member mtime makes the same input give identical tars
@@ -127,6 +125,7 @@ class SplitShardWriter:
         self._position = 0
         self._index = start_shard
         escaped = os.path.join(output_dir, f"{prefix}-{split}-").replace("%", "%%")
+        import webdataset as wds  # here, not at import: it loads torch, which --help need not pay for
         self._writer = wds.ShardWriter(escaped + "%06d.tar" + PARTIAL_SUFFIX, maxcount=maxcount, maxsize=maxsize,
                                        post=self._finish_shard, start_shard=start_shard, verbose=0,
                                        encoder=False, mtime=TAR_MTIME)

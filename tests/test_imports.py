@@ -1,0 +1,56 @@
+"""Import cost: torch-free entry points stay torch-free, and OpenCLIP users still get the models registered."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+HELP_SCRIPT = textwrap.dedent("""
+    import runpy, sys
+    sys.argv = ["{module}", *{args!r}]
+    try:
+        runpy.run_module("{module}", run_name="__main__", alter_sys=True)
+    except SystemExit as exit:
+        assert exit.code in (0, None), exit.code
+    print("torch" in sys.modules, "open_clip" in sys.modules)
+""")
+
+
+def _run(code):
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("module,args", [
+    ("open_clip_thermal.convert", ["--help"]),
+    ("open_clip_thermal.ircap", ["--help"]),
+    ("open_clip_thermal.ircap", ["caption", "--help"]),
+    ("open_clip_thermal.ircap", ["report", "--help"]),
+])
+def test_torch_free_commands_import_no_torch(module, args):
+    assert _run(HELP_SCRIPT.format(module=module, args=args)) == "False False"
+
+
+def test_package_import_is_light_and_registers_once_open_clip_is_imported():
+    code = textwrap.dedent("""
+        import sys
+        import open_clip_thermal
+        light = "torch" not in sys.modules and "open_clip" not in sys.modules
+        import open_clip
+        print(light, "tclip-dual" in open_clip.list_models(), open_clip_thermal.registry.is_installed())
+    """)
+    assert _run(code) == "True True True"
+
+
+@pytest.mark.parametrize("first", ["import open_clip", "import open_clip_train.main",
+                                   "from open_clip_thermal import create_model"])
+def test_registration_in_every_import_order(first):
+    code = textwrap.dedent(f"""
+        {first}
+        import open_clip, open_clip_thermal
+        from open_clip_thermal import registry
+        print(registry.is_installed(), "tclip-tiny-dual" in open_clip.list_models(),
+              type(open_clip.create_model("tclip-tiny-dual")).__name__)
+    """)
+    assert _run(code) == "True True DualLoRAFusion"
