@@ -7,7 +7,7 @@ from PIL import Image
 
 from open_clip_thermal.ircap import main
 from open_clip_thermal.ircap.cli import build_parser
-from open_clip_thermal.ircap.mock_server import MockChatServer
+from open_clip_thermal.testing.mock_vlm import MockChatServer
 
 SECRET = "sk-live-9fQ2xTz7LmN4"
 
@@ -101,7 +101,7 @@ def test_quickstart_rejects_abbreviated_options():
 @pytest.mark.parametrize("argv", [["generate", "--out", "x", "--num-tr", "10"],
                                   ["pretrain-proxy", "--ste", "3"]])
 def test_synthetic_cli_rejects_abbreviated_options(argv):
-    from open_clip_thermal.synthetic.__main__ import build_parser as synthetic_parser
+    from open_clip_thermal.synthetic.cli import build_parser as synthetic_parser
     with pytest.raises(SystemExit) as info:
         synthetic_parser().parse_args(argv)
     assert info.value.code == 2

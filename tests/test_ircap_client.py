@@ -3,8 +3,8 @@ import pytest
 
 from open_clip_thermal.ircap.client import (CaptionRequestError, ChatCompletionsClient, RetryPolicy,
                                             parse_retry_after, redact_url)
-from open_clip_thermal.ircap.mock_server import MockChatServer, expected_caption
 from open_clip_thermal.ircap.prompts import caption_messages, load_prompt_set
+from open_clip_thermal.testing.mock_vlm import MockChatServer, expected_caption
 
 IMAGE = b"\x89PNG fake rgb bytes"
 DATA_URL = "data:image/png;base64,iVBORyBmYWtlIHJnYiBieXRlcw=="  # base64 of IMAGE

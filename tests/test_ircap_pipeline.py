@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from open_clip_thermal.ircap import main
-from open_clip_thermal.ircap.mock_server import MockChatServer, expected_caption
 from open_clip_thermal.ircap.prompts import load_prompt_set
 from open_clip_thermal.ircap.records import (JsonlAppender, load_jsonl_ids, read_pairs,
                                              repair_partial_line)
+from open_clip_thermal.testing.mock_vlm import MockChatServer, expected_caption
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--backoff", "0.001", "--backoff-max", "0.002", "--no-progress"]

@@ -86,7 +86,7 @@ def run(world, argv, name):
 @pytest.fixture(scope="module")
 def shards(world):
     """list_pairs -> IR-Cap captions from a loopback VLM -> shards, for the three data sets (docs/ircap.md)."""
-    from open_clip_thermal.ircap.mock_server import MockChatServer
+    from open_clip_thermal.testing.mock_vlm import MockChatServer
     counts = {}
     with MockChatServer() as vlm:
         for dataset in ("kaist", "flir", "fmb"):

@@ -18,8 +18,8 @@ from PIL import Image
 
 from open_clip_thermal.ircap import main
 from open_clip_thermal.ircap.client import CaptionRequestError, ChatCompletionsClient, RetryPolicy
-from open_clip_thermal.ircap.mock_server import MockChatServer
 from open_clip_thermal.ircap.prompts import caption_messages, load_prompt_set
+from open_clip_thermal.testing.mock_vlm import MockChatServer
 
 FAST = ["--backoff", "0.001", "--backoff-max", "0.002", "--no-progress"]
 KEY = "sk-test-Zq8v3LkP0wX9"  # what a leaked key looks like in the files if redaction fails

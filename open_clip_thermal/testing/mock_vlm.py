@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Sequence
 
-from .prompts import PromptSet, load_prompt_set
+from ..ircap.prompts import PromptSet, load_prompt_set
 
 FAULTS = ("500", "429", "hang", "malformed", "empty", "400", "401", "403", "hallucinate",
           "echo_auth")
