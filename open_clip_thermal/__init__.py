@@ -4,12 +4,12 @@
 which ``open_clip.create_model('tclip-dual', pretrained='openai')`` and friends build T-CLIP models.
 
 The import itself is light: the names below are loaded on first use (PEP 562), and registration
-happens as soon as OpenCLIP is imported (``_autoinstall.py``), so commands that need neither torch
+happens as soon as OpenCLIP is imported (``seam.py``), so commands that need neither torch
 nor OpenCLIP (``convert --help``, ``ircap``) start at once.
 """
 import importlib
 
-from . import _autoinstall
+from . import seam
 from .version import __version__
 
 # public name -> (module, attribute)
@@ -48,4 +48,4 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-_autoinstall.arm()
+seam.arm()

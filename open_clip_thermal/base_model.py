@@ -28,7 +28,7 @@ import open_clip.factory as oc_factory
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
-from ._autoinstall import original_create_model  # noqa: F401  (OpenCLIP's own create_model)
+from .seam import original_create_model  # noqa: F401  (OpenCLIP's own create_model)
 
 QUICK_GELU = "quick_gelu"
 GELU = "gelu"

@@ -1,36 +1,40 @@
-"""T-CLIP model names: what ``open_clip.create_model`` builds for them, behind the seam in ``_autoinstall.py``.
+"""T-CLIP model names: what ``open_clip.create_model`` builds for them, behind the seam in ``seam.py``.
 
 OpenCLIP (3.x) has no plug-in hook for model classes: ``open_clip.factory.create_model`` builds
 ``CLIP``/``CustomTextCLIP``/``CoCa`` in a fixed if/else. Two public seams are used instead:
 
 1. ``open_clip.add_model_config`` registers our architecture JSONs (``model_configs/``, pure OpenCLIP
    schema), so ``list_models``, ``get_tokenizer`` and CLIP_benchmark know ``tclip-*`` names.
-2. :func:`install` (``_autoinstall.install``) wraps ``open_clip.factory.create_model`` (and the package-level alias
+2. :func:`install` (``seam.install``) wraps ``open_clip.factory.create_model`` (and the package-level alias
    ``open_clip.create_model``). ``create_model_and_transforms`` and ``create_model_from_pretrained``
    look ``create_model`` up in the factory module at call time, and so does ``open_clip_train``, so
    everything that creates models goes through the wrapper. The wrapper hands every name that is not a
    T-CLIP name to the original untouched; T-CLIP names build the plain base CLIP through the original
    (weights loaded strictly by OpenCLIP), then inject LoRA (``tclip_configs/``: branches, LoRA, fusion).
 
-:func:`install` runs when both ``open_clip_thermal`` and OpenCLIP are imported (``_autoinstall.py``:
+:func:`install` runs when both ``open_clip_thermal`` and OpenCLIP are imported (``seam.py``:
 at ``import open_clip_thermal`` if OpenCLIP is loaded, else right after ``import open_clip``); it
 is idempotent and :func:`uninstall` reverts it.
 """
+import importlib
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch.nn as nn
 
-from . import _autoinstall
+from . import seam
+from .contracts import DEFAULT_LAM
 from .adapters import AdapterError, adapter_folder, load_adapters, read_adapter_config
 from .base_model import FORCE_GELU, build_base, original_create_model, resolve_activation
 from .fusion import DualLoRAFusion
 from .lora import LoRAConfig
 
 _HERE = Path(__file__).parent
-MODEL_CONFIG_DIR = _autoinstall.MODEL_CONFIG_DIR
+MODEL_CONFIG_DIR = seam.MODEL_CONFIG_DIR
 TCLIP_CONFIG_DIR = _HERE / "tclip_configs"
 
 _TCLIP_CONFIGS: Dict[str, dict] = {}
@@ -62,6 +66,11 @@ def register_tclip_model(name: str, config: dict) -> None:
     if missing:
         raise ValueError(f"T-CLIP config for {name!r} lacks {sorted(missing)}")
     _TCLIP_CONFIGS[name] = json.loads(json.dumps(config))
+
+
+def unregister_tclip_model(name: str) -> None:
+    """Forget a name added with :func:`register_tclip_model` (a no-op for an unknown name)."""
+    _TCLIP_CONFIGS.pop(name, None)
 
 
 def _adapter_folders(pretrained) -> List[Path]:
@@ -180,7 +189,7 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
     base = build_base(cfg["base_model"], base_weights, kwargs, _recorded_activation(folders, configs))
     model = DualLoRAFusion(
         base, branches=cfg["branches"], lora=lora_cfg,
-        lam=cfg.get("lam", 0.7) if lam is None else lam,
+        lam=cfg.get("lam", DEFAULT_LAM) if lam is None else lam,
         fusion=fusion or cfg.get("fusion", "feature"),
         train_logit_scale=cfg.get("train_logit_scale", True),
         output_dict=output_dict,
@@ -194,18 +203,51 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
     return model
 
 
+# Model kinds other packages add (timm-style): name -> builder(pretrained, **kwargs), and checks on the
+# ``pretrained`` of stock names (each returns an error message or None). ``baselines/__init__.py`` fills
+# both; the packages named here are imported on the first create_model so that they can.
+_MODEL_BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
+_PRETRAINED_GUARDS: List[Callable[[str, Any], Optional[str]]] = []
+_BUILDER_PACKAGES = ("open_clip_thermal.baselines",)
+
+
+def register_model_builder(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Let ``create_model(name, pretrained, **kwargs)`` build ``name`` with ``builder`` (warns on overwrite)."""
+    if name in _MODEL_BUILDERS and _MODEL_BUILDERS[name] is not builder:
+        warnings.warn(f"model builder {name!r} registered again; the new one replaces the old", UserWarning,
+                      stacklevel=2)
+    _MODEL_BUILDERS[name] = builder
+
+
+def register_pretrained_guard(guard: Callable[[str, Any], Optional[str]]) -> None:
+    """Add a check ``guard(model_name, pretrained) -> error message | None`` for stock model names."""
+    if guard not in _PRETRAINED_GUARDS:
+        _PRETRAINED_GUARDS.append(guard)
+
+
+def list_model_builders() -> List[str]:
+    """Names registered with :func:`register_model_builder` (after importing the packages that do)."""
+    _import_builder_packages()
+    return sorted(_MODEL_BUILDERS)
+
+
+def _import_builder_packages() -> None:
+    for package in _BUILDER_PACKAGES:
+        if package not in sys.modules:
+            importlib.import_module(package)
+
+
 def create_model(model_name: str, pretrained: Optional[str] = None, **kwargs: Any) -> nn.Module:
     """``open_clip.create_model`` that also knows T-CLIP names; stock names go to OpenCLIP unchanged."""
     if model_name in _TCLIP_CONFIGS:
         return create_tclip_model(model_name, pretrained, **kwargs)
-    # Trained baselines that are not plain OpenCLIP weights (docs/baselines.md): 'clip-adapter' is a
-    # frozen base + adapter folder; the folder records the base, so the name carries no architecture.
-    from .baselines import BASELINE_MODELS, CLIP_ADAPTER_MODEL, clip_adapter_folder
-    if model_name in BASELINE_MODELS:
-        return BASELINE_MODELS[model_name](pretrained, **kwargs)
-    if isinstance(pretrained, (str, os.PathLike)) and clip_adapter_folder(pretrained) is not None:
-        raise ValueError(f"pretrained={pretrained!r} is a CLIP-Adapter folder; load it with "
-                         f"create_model({CLIP_ADAPTER_MODEL!r}, pretrained=...), not {model_name!r}")
+    _import_builder_packages()
+    if model_name in _MODEL_BUILDERS:  # e.g. 'clip-adapter' (docs/baselines.md): no OpenCLIP architecture
+        return _MODEL_BUILDERS[model_name](pretrained, **kwargs)
+    for guard in _PRETRAINED_GUARDS:
+        problem = guard(model_name, pretrained)
+        if problem:
+            raise ValueError(problem)
     # Stock names keep OpenCLIP's own behaviour (it warns on a QuickGELU mismatch), except our exports:
     # full/declip/merged exports of an OpenAI-initialised base record that they ran with QuickGELU.
     if isinstance(pretrained, (str, os.PathLike)) and os.path.isfile(pretrained):
@@ -217,7 +259,7 @@ def create_model(model_name: str, pretrained: Optional[str] = None, **kwargs: An
 
 def add_lora(model: nn.Module, rank: int = 8, alpha: float = 1.0, dropout: float = 0.0,
              targets=("q", "k", "v"), towers: str = "both", last_k_blocks: Optional[int] = None,
-             branches=("global",), lam: float = 0.7, fusion: str = "feature") -> DualLoRAFusion:
+             branches=("global",), lam: float = DEFAULT_LAM, fusion: str = "feature") -> DualLoRAFusion:
     """Apply the T-CLIP LoRA recipe to any OpenCLIP ViT model (in place) and wrap it.
 
     Returns:
@@ -233,8 +275,8 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 1.0, dropout: float
 def install() -> None:
     """Register configs with OpenCLIP and route ``create_model`` through :func:`create_model` (idempotent)."""
     _scan_tclip_configs()
-    _autoinstall.install()
+    seam.install()
 
 
-uninstall = _autoinstall.uninstall
-is_installed = _autoinstall.is_installed
+uninstall = seam.uninstall
+is_installed = seam.is_installed

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import open_clip_thermal as oct
-from open_clip_thermal import _autoinstall, base_model, registry
+from open_clip_thermal import seam, base_model, registry
 
 from model_helpers import TINY, images
 
@@ -121,7 +121,7 @@ def test_openai_tag_reaches_openclip_download_path(monkeypatch):
             return real_original(TINY)
 
     real_original = base_model.original_create_model()
-    monkeypatch.setattr(_autoinstall, "_original", fake_original)
+    monkeypatch.setattr(seam, "_original", fake_original)
     model = open_clip.create_model("tclip-dual", pretrained="openai", precision="fp32")
     assert calls == [("ViT-B-16", "openai", {"precision": "fp32", "force_quick_gelu": True})]
     assert model.tclip_info == {"model_name": "tclip-dual", "base_model": "ViT-B-16", "base_pretrained": "openai"}
@@ -138,3 +138,20 @@ def test_add_lora_on_another_openclip_vit():
     assert oct.count_lora_parameters(wrapped) > 0
     with torch.no_grad():
         assert wrapped.encode_image(images(1, wrapped.visual.image_size[0])).shape[0] == 1
+
+
+def test_model_builders_are_registered_not_imported(monkeypatch):
+    """The factory dispatches by a name -> builder table that other packages fill (baselines does)."""
+    assert "clip-adapter" in registry.list_model_builders()
+    built = []
+
+    def builder(pretrained, **kwargs):
+        built.append((pretrained, kwargs))
+        return torch.nn.Identity()
+
+    monkeypatch.setitem(registry._MODEL_BUILDERS, "my-thermal-kind", builder)
+    assert isinstance(open_clip.create_model("my-thermal-kind", pretrained="w", precision="fp32"), torch.nn.Identity)
+    assert built == [("w", {"precision": "fp32"})]
+    monkeypatch.setattr(registry, "_PRETRAINED_GUARDS", [lambda name, p: f"{name}: no" if p == "bad" else None])
+    with pytest.raises(ValueError, match="ViT-B-32: no"):
+        open_clip.create_model("ViT-B-32", pretrained="bad")

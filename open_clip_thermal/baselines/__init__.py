@@ -8,6 +8,8 @@
 
 Training: ``python -m open_clip_thermal.train --method full|clip-adapter|declip`` (docs/baselines.md).
 """
+import os
+
 from .clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION, ClipAdapterModel, ResidualBottleneck
 from .clip_adapter_files import (CLIP_ADAPTER_FORMAT, CLIP_ADAPTER_MODEL, clip_adapter_folder,
                                  create_clip_adapter_model, load_clip_adapter, read_clip_adapter_config,
@@ -16,9 +18,24 @@ from .declip import DeclipConfig, DeclipModel, FeatureQueue, MomentumWeights
 from .declip_loss import DeclipLoss, nearest_neighbour_infonce
 from .export import EXPORT_NAME, exported_with_quick_gelu, openclip_state_dict, save_openclip_weights
 
+from ..registry import register_model_builder, register_pretrained_guard
+
 # model names open_clip_thermal.create_model builds here (not OpenCLIP architectures: the base is
 # recorded in the weights folder)
 BASELINE_MODELS = {CLIP_ADAPTER_MODEL: create_clip_adapter_model}
+
+
+def _refuse_clip_adapter_folder(model_name, pretrained):
+    """A CLIP-Adapter folder under a stock name would load as a broken checkpoint: say what to do."""
+    if isinstance(pretrained, (str, os.PathLike)) and clip_adapter_folder(pretrained) is not None:
+        return (f"pretrained={pretrained!r} is a CLIP-Adapter folder; load it with "
+                f"create_model({CLIP_ADAPTER_MODEL!r}, pretrained=...), not {model_name!r}")
+    return None
+
+
+for _name, _builder in BASELINE_MODELS.items():
+    register_model_builder(_name, _builder)
+register_pretrained_guard(_refuse_clip_adapter_folder)
 
 
 def list_baseline_models():
