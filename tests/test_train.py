@@ -153,3 +153,79 @@ def test_two_processes_end_with_identical_adapters(tmp_path, shards, base_checkp
         assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
         assert any(not torch.equal(rank0[k], initial[k]) for k in rank0)
     assert (tmp_path / "logs" / "ddp" / "adapters" / "adapter_config.json").exists()
+
+
+_PATCHED = ("create_model_and_transforms", "get_data", "create_loss", "pt_load", "get_latest_checkpoint", "torch")
+
+
+def _process_state():
+    """What TrainerHooks.installed changes process-wide: optimizer hooks, open_clip_train globals, names."""
+    import open_clip_train.main as trainer_main
+    from torch.optim import optimizer
+    return {"pre": len(optimizer._global_optimizer_pre_hooks), "post": len(optimizer._global_optimizer_post_hooks),
+            "globals": {name: getattr(trainer_main, name) for name in _PATCHED},
+            "names": oct.registry.list_tclip_models()}
+
+
+def _assert_restored(before):
+    import open_clip_train.main as trainer_main
+    after = _process_state()
+    assert (after["pre"], after["post"]) == (before["pre"], before["post"])
+    for name in _PATCHED:
+        assert getattr(trainer_main, name) is before["globals"][name], name
+    assert after["names"] == before["names"]
+
+
+def test_a_run_failing_in_setup_leaves_no_hook_patch_or_name(tmp_path, shards):
+    before = _process_state()
+    argv = ["--model", "thermal-vit-tiny", "--pretrained", str(tmp_path / "missing.pt"), "--train-data", shards,
+            "--logs", str(tmp_path), "--name", "bad", "--lora-rank", "4", *COMMON, "--max-steps", "1"]
+    try:
+        rc = train_main(argv)
+    except Exception:  # whichever way open_clip refuses the missing weights
+        rc = None
+    assert rc != 0
+    _assert_restored(before)
+
+
+def test_an_exception_while_installing_undoes_what_was_installed(monkeypatch):
+    from torch.optim import optimizer
+    from open_clip_thermal.training.hooks import TrainerHooks, TrainOptions
+    before = _process_state()
+    calls = []
+
+    def failing_post_hook(hook):  # the pre hook is registered by then
+        calls.append(hook)
+        raise RuntimeError("no post hooks today")
+
+    monkeypatch.setattr(optimizer, "register_optimizer_step_post_hook", failing_post_hook)
+    with pytest.raises(RuntimeError, match="no post hooks today"):
+        with TrainerHooks(TrainOptions()).installed():
+            pass  # never reached
+    assert calls
+    _assert_restored(before)
+
+
+def test_a_custom_lora_run_unregisters_its_model_name(tmp_path, shards, base_checkpoint):
+    before = _process_state()
+    rc = train_main(["--model", "thermal-vit-tiny", "--pretrained", base_checkpoint, "--train-data", shards,
+                     "--logs", str(tmp_path), "--name", "custom", "--lora-rank", "4", *COMMON, "--max-steps", "1"])
+    assert rc == 0
+    config = oct.adapters.read_adapter_config(tmp_path / "custom" / "adapters")
+    assert config["model_name"] == "tclip-custom-thermal-vit-tiny" and config["lora"]["rank"] == 4
+    assert "tclip-custom-thermal-vit-tiny" not in oct.registry.list_tclip_models()
+    _assert_restored(before)
+
+
+def test_checkpoints_and_adapters_go_to_the_run_folder_of_the_trainer_args(tmp_path, shards, base_checkpoint):
+    import open_clip_train.main as trainer_main
+    from open_clip_thermal.training.hooks import TrainerHooks
+    from open_clip_thermal.training.options import parse_args, plan_steps, train_options
+    ours, rest = parse_args(["--model", "tclip-tiny-global", "--pretrained", base_checkpoint, "--train-data", shards,
+                             "--logs", str(tmp_path / "logs"), "--name", "run", *COMMON, "--max-steps", "1"])
+    hooks = TrainerHooks(train_options(ours))
+    with hooks.installed():
+        trainer_main.main(plan_steps(ours, rest))
+    assert hooks._run_dir == tmp_path / "logs" / "run"
+    assert (hooks._run_dir / "checkpoints" / "epoch_1.pt").exists()
+    assert (hooks._run_dir / "adapters" / "adapter_config.json").exists()

@@ -53,7 +53,7 @@ from ..baselines import (EXPORT_NAME, ClipAdapterModel, DeclipConfig, DeclipLoss
 from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION
 from ..fusion import DualLoRAFusion, FINE_GRAINED, GLOBAL
 from ..lora import LoRAConfig
-from ..registry import get_tclip_config, list_tclip_models, register_tclip_model
+from ..registry import get_tclip_config, list_tclip_models, register_tclip_model, unregister_tclip_model
 from .checkpoints import (MARKER, NonFiniteWeightsError, ResumeError, check_base, expand_checkpoint, first_non_finite,
                           is_slim, load_checkpoint, optimizer_tensors, restore_rng_state, slim_checkpoint)
 from .losses import DualBranchClipLoss, FiniteLossGuard
@@ -154,6 +154,8 @@ class TrainerHooks:
         self._preloaded: Dict[str, dict] = {}  # --resume latest: the checkpoint already read to pick it
         self._clip_groups: Dict[str, List[nn.Parameter]] = {}
         self._originals = {}
+        self._registered: Dict[str, Optional[dict]] = {}  # names registered for this run -> config before
+        self._run_dir: Optional[Path] = None  # open_clip_train's run folder (--logs/--name), from its args
 
     # ------------------------------------------------------------------ model
     def _tclip_name(self, model_name: str) -> str:
@@ -161,6 +163,8 @@ class TrainerHooks:
             return model_name
         # A stock OpenCLIP architecture: register the recipe on it under a derived name.
         name = f"tclip-custom-{model_name}"
+        if name not in self._registered:  # undone when the run ends (installed)
+            self._registered[name] = get_tclip_config(name) if name in list_tclip_models() else None
         register_tclip_model(name, {"base_model": model_name, "branches": [GLOBAL],
                                     "lora": self.options.lora.to_dict()})
         return name
@@ -217,7 +221,16 @@ class TrainerHooks:
         logging.info(f"initialised branches {list(model.branches)} from adapters {folder}")
 
     # ------------------------------------------------------------------ data
+    def _remember_run(self, args) -> None:
+        """The run folder, as open_clip_train's ``main`` derives it from its parsed arguments
+        (``log_base_path = --logs/--name``; ``args.checkpoint_path`` is its ``checkpoints`` folder)."""
+        if getattr(args, "logs", None) and getattr(args, "name", None):
+            self._run_dir = Path(args.logs) / args.name
+        elif getattr(args, "checkpoint_path", None):
+            self._run_dir = Path(args.checkpoint_path).parent
+
     def get_data(self, args, preprocess_fns, epoch: int = 0, tokenizer=None):
+        self._remember_run(args)
         from ..data.loader import check_captions_available, make_thermal_dataloader
         pp_train, pp_val = preprocess_fns
         _, caption_mode = _BRANCH_LAYOUT[self.options.branch]
@@ -246,6 +259,7 @@ class TrainerHooks:
 
     # ------------------------------------------------------------------ loss
     def create_loss(self, args):
+        self._remember_run(args)
         clip_loss_args = dict(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, cache_labels=True,
                               rank=args.rank, world_size=args.world_size, use_horovod=args.horovod)
         if self.options.branch == "both" and self.options.method == "lora":
@@ -320,7 +334,10 @@ class TrainerHooks:
                 return atomic_write(f, lambda tmp: torch.save(obj, tmp, *args, **kwargs))
             return torch.save(obj, f, *args, **kwargs)
         path = Path(f)
-        run_dir = path.parent.parent
+        if self._run_dir is None:
+            raise RuntimeError("TrainerHooks.save_checkpoint: the run folder is not known yet (open_clip_train "
+                               "passes its arguments to get_data/create_loss before any checkpoint is saved)")
+        run_dir = self._run_dir
         epoch_save = path.name != "tmp.pt"  # the save-most-recent copy repeats an epoch save
         # every file is written to a temporary name and renamed: a kill mid-save leaves the old state
         if self.options.method in ("lora", "clip-adapter"):  # frozen backbone: never saved
@@ -368,7 +385,12 @@ class TrainerHooks:
     # ------------------------------------------------------------------ install
     @contextlib.contextmanager
     def installed(self) -> Iterator["TrainerHooks"]:
-        """Swap the hooks into ``open_clip_train.main`` for the duration of the block."""
+        """Swap the hooks into ``open_clip_train.main`` for the duration of the block.
+
+        Every process-wide change (optimizer hooks, ``open_clip_train.main`` globals, model names
+        registered for the run, logging) registers its own undo on one :class:`contextlib.ExitStack`
+        as it is made, so an exception part-way through setup, or in the block, leaves nothing behind.
+        """
         import open_clip_train.main as trainer_main
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
         replacements = {
@@ -379,31 +401,48 @@ class TrainerHooks:
             "get_latest_checkpoint": self.get_latest_checkpoint,
             "torch": _torch_for_trainer(self),
         }
-        self._originals = {name: getattr(trainer_main, name) for name in replacements}
-        handles = [register_optimizer_step_pre_hook(self._clip_per_branch),
-                   register_optimizer_step_post_hook(self._clamp_temperatures),
-                   register_optimizer_step_post_hook(self._update_momentum)]
-        for name, value in replacements.items():
-            setattr(trainer_main, name, value)
-        root = logging.getLogger()
-        handlers = list(root.handlers)
-        levels = {name: lg.level for name, lg in logging.Logger.manager.loggerDict.items()
-                  if isinstance(lg, logging.Logger)}
-        root_level = root.level
-        try:
-            yield self
-        finally:
-            # open_clip_train's setup_logging adds root handlers on every run and sets every existing
-            # logger (torch's included) to INFO; undo both so in-process reruns and callers stay quiet
-            for handler in root.handlers[:]:
-                if handler not in handlers:
-                    root.removeHandler(handler)
-                    handler.close()
-            root.setLevel(root_level)
-            for name, lg in list(logging.Logger.manager.loggerDict.items()):
-                if isinstance(lg, logging.Logger):
-                    lg.setLevel(levels.get(name, logging.NOTSET))
-            for name, value in self._originals.items():
+        with contextlib.ExitStack() as stack:
+            # unwound last: names registered while the run builds its model (see _tclip_name)
+            stack.callback(self._unregister_run_names)
+            for register, hook in ((register_optimizer_step_pre_hook, self._clip_per_branch),
+                                   (register_optimizer_step_post_hook, self._clamp_temperatures),
+                                   (register_optimizer_step_post_hook, self._update_momentum)):
+                stack.callback(register(hook).remove)
+            self._originals = {}
+            for name, value in replacements.items():
+                self._originals[name] = original = getattr(trainer_main, name)
+                stack.callback(setattr, trainer_main, name, original)
                 setattr(trainer_main, name, value)
-            for h in handles:
-                h.remove()
+            stack.enter_context(_restored_logging())
+            yield self
+
+    def _unregister_run_names(self) -> None:
+        """Undo :meth:`_tclip_name`'s registrations: a name that existed before gets its config back."""
+        while self._registered:
+            name, previous = self._registered.popitem()
+            if previous is None:
+                unregister_tclip_model(name)
+            else:
+                register_tclip_model(name, previous)
+
+
+@contextlib.contextmanager
+def _restored_logging() -> Iterator[None]:
+    """open_clip_train's setup_logging adds root handlers on every run and sets every existing logger
+    (torch's included) to INFO; undo both on exit so in-process reruns and callers stay quiet."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    levels = {name: lg.level for name, lg in logging.Logger.manager.loggerDict.items()
+              if isinstance(lg, logging.Logger)}
+    root_level = root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(root_level)
+        for name, lg in list(logging.Logger.manager.loggerDict.items()):
+            if isinstance(lg, logging.Logger):
+                lg.setLevel(levels.get(name, logging.NOTSET))
