@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..base_model import activation_of
+from ..contracts import CAPTION_FIELDS, DEFAULT_LAM
 from .cache import EmbeddingCache, cache_key
 from ..data.decode import add_norm_arguments, norm_from_args
 from .encode import encode_test_set, norm_record, seed_norm
@@ -18,7 +19,7 @@ from .errors import BenchmarkError
 from .evaluate import duplicate_caption_groups, evaluate
 from .report import write_report
 from .retrieval import DEFAULT_RECALL_KS, cap_ks
-from .shards import CAPTION_FIELDS, data_fingerprint, expand_urls, read_sample_index, unlisted_shards
+from .shards import data_fingerprint, expand_urls, read_sample_index, unlisted_shards
 from .variants import VariantSpec, build_model, check_spec, needed_embeddings, parse_variant, rows_for, zeroshot_spec
 
 _EPILOG = """\
@@ -87,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recall-k", type=_ks, default=list(DEFAULT_RECALL_KS),
                         help="comma-separated K values; K above the test-set size is capped with a warning "
                              "(default: 1,5,10,25,50,100)")
-    parser.add_argument("--lam", type=float, default=0.7,
-                        help="weight of the global branch in fused rows of the main table (default: 0.7)")
+    parser.add_argument("--lam", type=float, default=DEFAULT_LAM,
+                        help=f"weight of the global branch in fused rows of the main table (default: {DEFAULT_LAM:g})")
     parser.add_argument("--lambdas", type=parse_lambdas, default=parse_lambdas("0:1:0.1"),
                         help="lambda sweep for tclip-dual rows, START:STOP:STEP inclusive or a comma list (default: 0:1:0.1)")
     parser.add_argument("--caption-match", choices=CAPTION_MATCH_RULES, default="pair",

@@ -3,20 +3,20 @@ from typing import Mapping
 
 import torch
 
-FUSION_MODES = ("feature", "score")
-BRANCH_ORDER = ("global", "fine_grained")
+from ..contracts import BRANCHES as BRANCH_ORDER
+from ..contracts import FINE_GRAINED, FUSION_FEATURE, FUSION_MODES, GLOBAL
 
 
 def _local_fuse(features_by_branch: Mapping[str, torch.Tensor], lam: float, mode: str) -> torch.Tensor:
-    f_global = torch.nn.functional.normalize(features_by_branch["global"].float(), dim=-1)
-    f_fine = torch.nn.functional.normalize(features_by_branch["fine_grained"].float(), dim=-1)
-    if mode == "feature":
+    f_global = torch.nn.functional.normalize(features_by_branch[GLOBAL].float(), dim=-1)
+    f_fine = torch.nn.functional.normalize(features_by_branch[FINE_GRAINED].float(), dim=-1)
+    if mode == FUSION_FEATURE:
         return torch.nn.functional.normalize(lam * f_global + (1.0 - lam) * f_fine, dim=-1)
     # Score mode: <concat(a), concat(b)> = lam <aG,bG> + (1 - lam) <aF,bF>, still unit norm.
     return torch.cat([lam ** 0.5 * f_global, (1.0 - lam) ** 0.5 * f_fine], dim=-1)
 
 
-def fuse_branches(features_by_branch: Mapping[str, torch.Tensor], lam: float, mode: str = "feature") -> torch.Tensor:
+def fuse_branches(features_by_branch: Mapping[str, torch.Tensor], lam: float, mode: str = FUSION_FEATURE) -> torch.Tensor:
     """Fuse ``{'global': f_G, 'fine_grained': f_F}`` with weight ``lam`` on the global branch.
 
     ``feature``: normalize(lam * f_G + (1 - lam) * f_F) (the paper's rule);

@@ -10,20 +10,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-import braceexpand
 import torch
 from PIL import Image
 from webdataset.tariterators import group_by_keys
 
-from ..data.decode import ThermalNorm, decode_with, thermal_to_pil
-from ..data.sources import ShardReadError, duplicate_shards, open_url, read_tar_files
+from ..contracts import CAPTION_FIELDS, FINE_GRAINED, GLOBAL, METADATA_KEY
 # The thermal members the training loader reads (a superset of what the converter writes), in the
 # loader's order of preference: the benchmark decodes the same member of a sample as training did.
-from ..data.loader import THERMAL_EXTENSIONS as IMAGE_EXTENSIONS
+from ..contracts import THERMAL_EXTENSIONS as IMAGE_EXTENSIONS
+from ..data.decode import ThermalNorm, decode_with, thermal_to_pil
+from ..data.sources import ShardListError, ShardReadError, open_url, read_tar_files
+from ..data.sources import expand_urls as _expand_shard_urls
 from .errors import BenchmarkError
-
-GLOBAL, FINE_GRAINED = "global", "fine_grained"
-CAPTION_FIELDS = {GLOBAL: "txt", FINE_GRAINED: "fg.txt"}
 
 
 @dataclass
@@ -44,26 +42,22 @@ class SampleIndex:
 def expand_urls(spec: Union[str, Sequence[str]]) -> List[str]:
     """Shard list from a brace pattern, a ``::``-separated list (OpenCLIP style) or a list of those.
 
-    Local paths are checked for existence so a typo fails here, naming the file.
+    Local paths are checked for existence so a typo fails here, naming the file. The expansion is
+    :func:`open_clip_thermal.data.sources.expand_urls` (the training loader's); this wraps its error.
     """
-    parts = [spec] if isinstance(spec, str) else list(spec)
-    urls: List[str] = []
-    for part in parts:
-        for piece in str(part).split("::"):
-            if piece.strip():
-                urls.extend(braceexpand.braceexpand(piece.strip()))
-    if not urls:
-        raise BenchmarkError(f"no shards in --data {spec!r}: the shard list is empty")
-    missing = [u for u in urls if "://" not in u and not os.path.isfile(u)]
-    if missing:
-        raise BenchmarkError(f"{len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]!r}")
-    repeats = duplicate_shards(urls)  # the same pairs twice would weigh double in every recall
-    if repeats:
-        first, again = repeats[0]
+    try:
+        return _expand_shard_urls(spec, split_items=True, check_exists=True)
+    except ShardListError as error:
+        if error.problem == "empty":
+            raise BenchmarkError(f"no shards in --data {spec!r}: the shard list is empty") from None
+        if error.problem == "missing":
+            raise BenchmarkError(f"{len(error.missing)} of {len(error.urls)} shards do not exist, "
+                                 f"e.g. {error.missing[0]!r}") from None
+        # the same pairs twice would weigh double in every recall
+        first, again = error.repeats[0]
         same = "" if first == again else f" (also as {again!r})"
-        raise BenchmarkError(f"shard {first!r} is given twice in --data{same}; {len(repeats)} repeat(s) in "
-                             f"{len(urls)} shards: name each test shard once")
-    return urls
+        raise BenchmarkError(f"shard {first!r} is given twice in --data{same}; {len(error.repeats)} repeat(s) in "
+                             f"{len(error.urls)} shards: name each test shard once") from None
 
 
 _SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<number>\d{6})\.tar$")
@@ -131,7 +125,7 @@ def read_sample_index(urls: Sequence[str]) -> SampleIndex:
         index.keys.append(key)
         for caption_type, name in CAPTION_FIELDS.items():
             index.captions[caption_type].append(_text(sample, name))
-        meta = sample.get("json")
+        meta = sample.get(METADATA_KEY)
         index.metas.append(json.loads(meta) if meta is not None else {})
     if not index.keys:
         raise BenchmarkError(f"the {len(urls)} shard(s) given hold no samples (first: {urls[0]!r})")

@@ -14,8 +14,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from ..contracts import FINE_GRAINED, GLOBAL
 from .errors import BenchmarkError
-from .shards import FINE_GRAINED, GLOBAL
 
 SINGLE_KINDS = ("lora-global", "lora-fg", "lora-mixed", "clip-adapter", "full", "declip")
 FUSED_KINDS = ("tclip-global", "tclip-fg", "tclip-dual")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from tqdm import tqdm
 
+from ..contracts import FG_CAPTION_KEY, GLOBAL_CAPTION_KEY, METADATA_KEY, RGB_PREFIX, SAMPLE_KEY
 from .annotations import Annotation, FieldNames, Skipped, UnsafePathError, read_annotations, resolve_annotation_path
 from .decode import PALETTE_CHOICES, PALETTES, ThermalNorm, decode_with, palette_to_intensity
 from .image_files import ImageFileError, ImageInfo, grey_png, inspect_image, read_bytes, reencode_png
@@ -303,16 +304,16 @@ def _read_sample(item: PlannedSample, options: ConvertOptions) -> Dict[str, Any]
             thermal, ext = reencoded, "png"
         else:  # fractional float values: PNG has no float pixels, keep the lossless original
             metadata["stored_as"] = f"original float frame (.{ext}): PNG cannot hold its fractional values"
-    sample = {"__key__": item.key, ext: thermal, "txt": annotation.global_caption.encode("utf-8")}
+    sample = {SAMPLE_KEY: item.key, ext: thermal, GLOBAL_CAPTION_KEY: annotation.global_caption.encode("utf-8")}
     if annotation.fg_caption is not None:
-        sample["fg.txt"] = annotation.fg_caption.encode("utf-8")
+        sample[FG_CAPTION_KEY] = annotation.fg_caption.encode("utf-8")
     if item.rgb_path is not None:
         rgb = read_bytes(item.rgb_path)
         if options.verify:
             inspect_rgb_bytes(rgb, item.rgb_path)
-        sample[f"rgb.{item.rgb.ext}"] = rgb
+        sample[f"{RGB_PREFIX}{item.rgb.ext}"] = rgb
         metadata["rgb"] = annotation.rgb
-    sample["json"] = json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    sample[METADATA_KEY] = json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return sample
 
 

@@ -8,14 +8,12 @@ import fsspec
 import numpy as np
 from PIL import Image
 
+from ..contracts import STANDARD_EXTENSIONS  # PIL format -> extension stored in the shard
 from .decode import FALSE_COLOUR_FRACTION, chroma_fraction
 
 # PIL modes with colour channels; a thermal frame in one of these is grey-replicated or false-colour.
 COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
 CHROMA_CHECK_SIZE = 256  # colour frames are checked on a copy at most this many pixels wide/high
-
-# PIL format name -> the extension stored in the shard (what webdataset/OpenCLIP tools look for).
-STANDARD_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "TIFF": "tif", "WEBP": "webp", "BMP": "bmp", "PPM": "ppm"}
 
 
 class ImageFileError(ValueError):

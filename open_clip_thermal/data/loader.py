@@ -26,15 +26,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys
 
+from ..contracts import FG_CAPTION_KEY, FINE_GRAINED, GLOBAL, GLOBAL_CAPTION_KEY, METADATA_KEY, MIXED, THERMAL_EXTENSIONS
 from .decode import NORM_MODES, ThermalDecodeError, ThermalNorm, decode_thermal, thermal_to_pil
 from .sources import ShardReadError, expand_tar_files, expand_urls, open_shards, read_dataset_size
 
 log = logging.getLogger(__name__)
 
-CAPTION_MODES = ("global", "fine_grained", "both", "mixed")
-THERMAL_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "webp", "bmp", "ppm", "pgm", "npy")
-GLOBAL_CAPTION_KEY = "txt"
-FG_CAPTION_KEY = "fg.txt"
+CAPTION_MODES = (GLOBAL, FINE_GRAINED, "both", MIXED)
 
 EpochLike = Union[int, SharedEpoch]
 
@@ -187,9 +185,9 @@ def _caption_texts(sample: Dict[str, Any], captions: str, seed: int, epoch: int)
         if member not in sample:
             raise ThermalDecodeError(f"no {member} member in sample")
         return sample[member].decode("utf-8")
-    if captions == "global":
+    if captions == GLOBAL:
         return [text(GLOBAL_CAPTION_KEY)]
-    if captions == "fine_grained":
+    if captions == FINE_GRAINED:
         return [text(FG_CAPTION_KEY)]
     if captions == "both":
         return [text(GLOBAL_CAPTION_KEY), text(FG_CAPTION_KEY)]
@@ -198,7 +196,7 @@ def _caption_texts(sample: Dict[str, Any], captions: str, seed: int, epoch: int)
 
 
 def _check_first_sample(sample: Dict[str, Any], captions: str) -> None:
-    if captions != "global" and FG_CAPTION_KEY not in sample:
+    if captions != GLOBAL and FG_CAPTION_KEY not in sample:
         raise ValueError(f"captions={captions!r} needs fine-grained captions ({FG_CAPTION_KEY}), but sample "
                          f"{sample.get('__key__')!r} of shard {sample.get('__url__')} has none; "
                          f"use captions='global' or convert with a fine-grained caption field")
@@ -218,7 +216,7 @@ def _thermal_samples(data: Iterator[Dict[str, Any]], preprocess: Callable, token
             ext, raw = thermal_member(sample)
             frame = decode_thermal(raw, ext, norm=norm, **norm_kwargs)
             texts = _caption_texts(sample, captions, seed, epoch_now)
-            metadata = json.loads(sample["json"]) if "json" in sample else {}
+            metadata = json.loads(sample[METADATA_KEY]) if METADATA_KEY in sample else {}
         except (ThermalDecodeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             if failures.strict:
                 raise ValueError(f"sample {key!r} of {sample.get('__url__')}: {exc}") from exc

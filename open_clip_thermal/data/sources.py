@@ -70,25 +70,63 @@ def duplicate_shards(urls: Sequence[str]) -> List[tuple]:
     return repeats
 
 
-def expand_urls(urls: Union[str, Sequence[str]]) -> List[str]:
+class ShardListError(ValueError):
+    """A shard list that cannot be used: ``problem`` is ``'empty'``, ``'missing'`` or ``'repeat'``.
+
+    ``spec`` is what was given, ``urls`` the expanded shard URLs, ``missing`` the local shards that do
+    not exist (``'missing'``), ``repeats`` the ``(first, repeated)`` spellings (``'repeat'``), so a
+    caller (the benchmark) can word its own error from the same facts.
+    """
+
+    def __init__(self, message: str, problem: str, spec: Any = None, urls: Sequence[str] = (),
+                 missing: Sequence[str] = (), repeats: Sequence[tuple] = ()):
+        super().__init__(message)
+        self.problem, self.spec = problem, spec
+        self.urls, self.missing, self.repeats = list(urls), list(missing), list(repeats)
+
+    def __reduce__(self):  # picklable across DataLoader workers
+        return type(self), (str(self), self.problem, self.spec, self.urls, self.missing, self.repeats)
+
+
+def _split_patterns(urls: Union[str, Sequence[str]], split_items: bool) -> List[str]:
+    if not split_items:  # training loader: a str is split on '::', list items are taken as given
+        patterns = urls.split("::") if isinstance(urls, str) else list(urls)
+        return [pattern for pattern in patterns if pattern]
+    parts = [urls] if isinstance(urls, str) else list(urls)  # benchmark: every item split and stripped
+    return [piece.strip() for part in parts for piece in str(part).split("::") if piece.strip()]
+
+
+def expand_urls(urls: Union[str, Sequence[str]], *, split_items: bool = False,
+                check_exists: bool = False) -> List[str]:
     """Expand ``::``-joined brace patterns (or a list of them) into a flat list of shard URLs.
 
+    The one shard-list expansion of the package: the training loader calls it as is, the benchmark
+    (:func:`open_clip_thermal.benchmark.shards.expand_urls`) with ``split_items=True`` (list items are
+    split on ``::`` too and stripped) and ``check_exists=True`` (a local shard that does not exist
+    fails here, naming the file), wrapping the error into a ``BenchmarkError``.
+
     Raises:
-        ValueError: no URL at all, or a shard named twice (also as another spelling of the same
-            local file): it would be read twice per epoch and counted twice in ``sizes.json``, or,
-            when resampling, drawn twice as often as the others.
+        ShardListError (a ValueError): no URL at all, a missing local shard (``check_exists``), or a
+            shard named twice (also as another spelling of the same local file): it would be read
+            twice per epoch and counted twice in ``sizes.json``, or, when resampling, drawn twice as
+            often as the others.
     """
-    patterns = urls.split("::") if isinstance(urls, str) else list(urls)
-    expanded = [url for pattern in patterns if pattern for url in braceexpand.braceexpand(pattern)]
+    expanded = [url for pattern in _split_patterns(urls, split_items) for url in braceexpand.braceexpand(pattern)]
     if not expanded:
-        raise ValueError(f"no shard URLs in {urls!r}")
+        raise ShardListError(f"no shard URLs in {urls!r}", "empty", urls)
+    if check_exists:
+        missing = [u for u in expanded if "://" not in u and not os.path.isfile(u)]
+        if missing:
+            raise ShardListError(f"{len(missing)} of {len(expanded)} shards do not exist, e.g. {missing[0]!r}",
+                                 "missing", urls, expanded, missing=missing)
     repeats = duplicate_shards(expanded)
     if repeats:
         first, again = repeats[0]
         same = "" if first == again else f" (also as {again!r})"
-        raise ValueError(f"shard {first!r} is given twice{same}; {len(repeats)} repeat(s) in {len(expanded)} shard "
-                         f"URLs: name each shard once (a repeated shard would be read twice per epoch, counted twice "
-                         f"in the epoch size, or drawn twice as often when resampling)")
+        raise ShardListError(f"shard {first!r} is given twice{same}; {len(repeats)} repeat(s) in {len(expanded)} "
+                             f"shard URLs: name each shard once (a repeated shard would be read twice per epoch, "
+                             f"counted twice in the epoch size, or drawn twice as often when resampling)",
+                             "repeat", urls, expanded, repeats=repeats)
     return expanded
 
 
