@@ -24,13 +24,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .contracts import DEFAULT_LAM, FINE_GRAINED, FUSION_FEATURE, FUSION_MODES, GLOBAL
 from .lora import BranchRouter, LoRAConfig, first_adapted_block, inject_lora, lora_layers, tower_transformers
 
-GLOBAL, FINE_GRAINED = "global", "fine_grained"
-FUSION_MODES = ("feature", "score")
 
-
-def fuse_features(features: Mapping[str, torch.Tensor], lam: float, mode: str = "feature",
+def fuse_features(features: Mapping[str, torch.Tensor], lam: float, mode: str = FUSION_FEATURE,
                   order: Sequence[str] = (GLOBAL, FINE_GRAINED)) -> torch.Tensor:
     """Fuse per-branch embeddings that are already L2-normalised.
 
@@ -50,7 +48,7 @@ def fuse_features(features: Mapping[str, torch.Tensor], lam: float, mode: str = 
     if len(features) == 1:
         return next(iter(features.values()))
     first, second = (features[name] for name in order)
-    if mode == "feature":
+    if mode == FUSION_FEATURE:
         return F.normalize(lam * first + (1.0 - lam) * second, dim=-1)
     return torch.cat([math.sqrt(lam) * first, math.sqrt(1.0 - lam) * second], dim=-1)
 
@@ -70,7 +68,7 @@ class DualLoRAFusion(nn.Module):
     """
 
     def __init__(self, base: nn.Module, branches: Sequence[str] = (GLOBAL, FINE_GRAINED),
-                 lora: Optional[LoRAConfig] = None, lam: float = 0.7, fusion: str = "feature",
+                 lora: Optional[LoRAConfig] = None, lam: float = DEFAULT_LAM, fusion: str = FUSION_FEATURE,
                  train_logit_scale: bool = True, output_dict: bool = True):
         super().__init__()
         if not branches or len(set(branches)) != len(branches):

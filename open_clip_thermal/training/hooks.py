@@ -51,21 +51,23 @@ from ..base_model import FORCE_GELU, resolve_activation
 from ..baselines import (EXPORT_NAME, ClipAdapterModel, DeclipConfig, DeclipLoss, DeclipModel, save_clip_adapter,
                          save_openclip_weights)
 from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION
-from ..fusion import DualLoRAFusion, FINE_GRAINED, GLOBAL
+from ..contracts import FINE_GRAINED, GLOBAL, MIXED
+from ..fusion import DualLoRAFusion
 from ..lora import LoRAConfig
 from ..registry import get_tclip_config, list_tclip_models, register_tclip_model, unregister_tclip_model
 from .checkpoints import (MARKER, NonFiniteWeightsError, ResumeError, check_base, expand_checkpoint, first_non_finite,
                           is_slim, load_checkpoint, optimizer_tensors, restore_rng_state, slim_checkpoint)
 from .losses import DualBranchClipLoss, FiniteLossGuard
 
-BRANCH_MODES = ("global", "fine_grained", "mixed", "both")
+BOTH = "both"  # --branch both: the two branches at once
+BRANCH_MODES = (GLOBAL, FINE_GRAINED, MIXED, BOTH)
 METHODS = ("lora", "full", "clip-adapter", "declip")
 # branch mode -> (branches of the model, caption mode of the loader)
 _BRANCH_LAYOUT = {
-    "global": ((GLOBAL,), "global"),
-    "fine_grained": ((FINE_GRAINED,), "fine_grained"),
-    "mixed": (("mixed",), "mixed"),
-    "both": ((GLOBAL, FINE_GRAINED), "both"),
+    GLOBAL: ((GLOBAL,), GLOBAL),
+    FINE_GRAINED: ((FINE_GRAINED,), FINE_GRAINED),
+    MIXED: ((MIXED,), MIXED),
+    BOTH: ((GLOBAL, FINE_GRAINED), BOTH),
 }
 MAX_LOGIT_SCALE = math.log(100)  # open_clip_train's clamp
 
@@ -248,7 +250,7 @@ class TrainerHooks:
             data["train"] = info
             self.first_step = epoch * info.dataloader.num_batches
         if args.val_data:
-            val_captions = "fine_grained" if self.options.branch == "fine_grained" else "global"
+            val_captions = FINE_GRAINED if self.options.branch == FINE_GRAINED else GLOBAL
             data["val"] = make_thermal_dataloader(
                 args.val_data, pp_val, tokenizer, batch_size=args.batch_size, num_workers=args.workers,
                 num_samples=args.val_num_samples, is_train=False, captions=val_captions, **common)
