@@ -6,7 +6,6 @@ the tars itself instead of going through the training loader's tokenised batches
 """
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -19,6 +18,7 @@ from ..contracts import CAPTION_FIELDS, FINE_GRAINED, GLOBAL, METADATA_KEY
 # loader's order of preference: the benchmark decodes the same member of a sample as training did.
 from ..contracts import THERMAL_EXTENSIONS as IMAGE_EXTENSIONS
 from ..data.decode import ThermalNorm, decode_with, thermal_to_pil
+from ..data.shards import SHARD_NAME
 from ..data.sources import ShardListError, ShardReadError, open_url, read_tar_files
 from ..data.sources import expand_urls as _expand_shard_urls
 from .errors import BenchmarkError
@@ -60,9 +60,6 @@ def expand_urls(spec: Union[str, Sequence[str]]) -> List[str]:
                              f"{len(error.urls)} shards: name each test shard once") from None
 
 
-_SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<number>\d{6})\.tar$")
-
-
 def unlisted_shards(urls: Sequence[str]) -> Dict[str, List[str]]:
     """Shards of the same split that ``urls`` leave out: ``{'DIR/STEM': [missing names]}``.
 
@@ -72,7 +69,7 @@ def unlisted_shards(urls: Sequence[str]) -> Dict[str, List[str]]:
     """
     given: Dict[Tuple[str, str], set] = {}
     for url in urls:
-        match = _SHARD_NAME.match(os.path.basename(url))
+        match = SHARD_NAME.match(os.path.basename(url))
         if "://" in url or match is None:
             continue
         given.setdefault((os.path.dirname(os.path.abspath(url)), match["stem"]), set()).add(os.path.basename(url))
@@ -83,7 +80,7 @@ def unlisted_shards(urls: Sequence[str]) -> Dict[str, List[str]]:
                 listed = json.load(f)
         except (OSError, ValueError):
             continue
-        same_split = {n for n in listed if (m := _SHARD_NAME.match(n)) is not None and m["stem"] == stem}
+        same_split = {n for n in listed if (m := SHARD_NAME.match(n)) is not None and m["stem"] == stem}
         if same_split - names:
             missing[os.path.join(folder, stem)] = sorted(same_split - names)
     return missing

@@ -26,6 +26,10 @@ def shard_name(prefix: str, split: str, index: int) -> str:
     return f"{prefix}-{split}-{index:06d}.tar"
 
 
+# Any shard this converter writes: STEM-NNNNNN.tar, STEM being prefix-split (readers group by it).
+SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<number>\d{6})\.tar$")
+
+
 def shard_pattern(prefix: str, split: str) -> "re.Pattern[str]":
     """Regex matching the final shard names of ``split`` (group 1: the index)."""
     return re.compile(re.escape(f"{prefix}-{split}-") + r"(\d{6})\.tar")
