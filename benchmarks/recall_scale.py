@@ -35,7 +35,7 @@ def _brute_force(image: torch.Tensor, text: torch.Tensor):
 
 
 def _worker(n: int, dim: int, mode: str, budget_mb: float) -> dict:
-    from open_clip_thermal.benchmark.retrieval import retrieval_recalls
+    from open_clip_thermal.evaluation.retrieval import retrieval_recalls
     image, text = _random_pairs(n, dim)
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()

@@ -17,9 +17,9 @@ _LAZY = {
     "LoRAConfig": ("lora", "LoRAConfig"),
     "count_lora_parameters": ("lora", "count_lora_parameters"),
     "inject_lora": ("lora", "inject_lora"),
-    "DualLoRAFusion": ("fusion", "DualLoRAFusion"),
-    "TCLIP": ("fusion", "DualLoRAFusion"),  # the model class, under the method's name
-    "fuse_features": ("fusion", "fuse_features"),
+    "DualLoRAFusion": ("model", "DualLoRAFusion"),
+    "TCLIP": ("model", "DualLoRAFusion"),  # the model class, under the method's name
+    "fuse_features": ("model", "fuse_features"),
     "AdapterError": ("adapters", "AdapterError"),
     "export_merged": ("adapters", "export_merged"),
     "load_adapters": ("adapters", "load_adapters"),
@@ -38,8 +38,8 @@ def __getattr__(name):
         value = getattr(importlib.import_module(f".{module}", __name__), attribute)
         globals()[name] = value  # later look-ups skip this function
         return value
-    if name in ("registry", "lora", "fusion", "adapters", "base_model", "files", "baselines", "training",
-                "data", "benchmark", "ircap", "synthetic"):
+    if name in ("registry", "lora", "model", "adapters", "base_model", "files", "contracts", "baselines",
+                "training", "data", "evaluation", "benchmark", "ircap", "synthetic", "testing"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .base_model import activation_of, check_activation, export_metadata
 from .files import atomic_write
-from .fusion import DualLoRAFusion
+from .model import DualLoRAFusion
 from .lora import LoRAConfig
 from .version import __version__
 

@@ -30,7 +30,7 @@ from . import seam
 from .contracts import DEFAULT_LAM
 from .adapters import AdapterError, adapter_folder, load_adapters, read_adapter_config
 from .base_model import FORCE_GELU, build_base, original_create_model, resolve_activation
-from .fusion import DualLoRAFusion
+from .model import DualLoRAFusion
 from .lora import LoRAConfig
 
 _HERE = Path(__file__).parent

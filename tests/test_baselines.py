@@ -17,7 +17,7 @@ from open_clip_thermal.baselines import (ClipAdapterModel, DeclipConfig, DeclipL
 from open_clip_thermal.baselines.export import exported_with_quick_gelu, uses_quick_gelu
 from open_clip_thermal.base_model import original_create_model
 from open_clip_thermal.benchmark import main as benchmark_main
-from open_clip_thermal.benchmark.variants import build_model, parse_variant
+from open_clip_thermal.evaluation.variants import build_model, parse_variant
 from open_clip_thermal.train import main as train_main
 from open_clip_thermal.training.hooks import TrainerHooks
 from open_clip_thermal.training.options import parse_args, plan_steps, train_options

@@ -3,8 +3,8 @@ import os
 
 import torch
 
-from open_clip_thermal.benchmark.cache import EmbeddingCache, cache_key, hash_state_dict
-from open_clip_thermal.benchmark.shards import data_fingerprint
+from open_clip_thermal.evaluation.cache import EmbeddingCache, cache_key, hash_state_dict
+from open_clip_thermal.evaluation.shard_reader import data_fingerprint
 
 
 def test_weight_hash_changes_with_any_weight():

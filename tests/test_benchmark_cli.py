@@ -12,7 +12,7 @@ import webdataset as wds
 from PIL import Image
 
 from open_clip_thermal.benchmark import main
-from open_clip_thermal.benchmark.variants import parse_variant
+from open_clip_thermal.evaluation.variants import parse_variant
 
 HAVE_MODEL = importlib.util.find_spec("open_clip_thermal.adapters") is not None
 needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="open_clip_thermal model/adapters module not available")

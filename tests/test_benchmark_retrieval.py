@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from open_clip_thermal.benchmark.retrieval import (
+from open_clip_thermal.evaluation.retrieval import (
     caption_groups, cap_ks, first_hit_ranks, recall_from_ranks, retrieval_recalls)
 
 
@@ -94,7 +94,7 @@ def test_bad_inputs_name_the_problem():
 
 def test_chance_recalls_equal_exhaustive_enumeration_of_rankings():
     import itertools
-    from open_clip_thermal.benchmark.retrieval import chance_recalls
+    from open_clip_thermal.evaluation.retrieval import chance_recalls
     groups = [0, 0, 1, 2, 2, 2]  # group sizes 2, 1, 3
     n = len(groups)
     hits = {k: 0 for k in (1, 2, 3, 6)}

@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from open_clip_thermal.benchmark.fused import _local_fuse, fuse_branches
-from open_clip_thermal.benchmark.geometry import mean_feature_angle, mean_intra_group_cosine
-from open_clip_thermal.benchmark.stats import benjamini_hochberg, matched_pair_cosine, pairwise_welch_tests
+from open_clip_thermal.evaluation.fused import _local_fuse, fuse_branches
+from open_clip_thermal.evaluation.geometry import mean_feature_angle, mean_intra_group_cosine
+from open_clip_thermal.evaluation.stats import benjamini_hochberg, matched_pair_cosine, pairwise_welch_tests
 
 
 def test_bh_by_hand():

@@ -43,7 +43,9 @@ def test_data_modules_share_the_objects():
 
 
 def test_benchmark_modules_share_the_objects():
-    from open_clip_thermal.benchmark import cli, fused, shards, variants
+    from open_clip_thermal.benchmark import cli
+    from open_clip_thermal.evaluation import fused, variants
+    from open_clip_thermal.evaluation import shard_reader as shards
     assert shards.IMAGE_EXTENSIONS is contracts.THERMAL_EXTENSIONS
     assert shards.CAPTION_FIELDS is contracts.CAPTION_FIELDS
     assert cli.CAPTION_FIELDS is contracts.CAPTION_FIELDS
@@ -64,7 +66,7 @@ def test_registry_lambda_default_is_the_contract():
 
 
 def test_one_shard_url_expansion():
-    from open_clip_thermal.benchmark import shards
+    from open_clip_thermal.evaluation import shard_reader as shards
     from open_clip_thermal.data import loader, sources
     assert loader.expand_urls is sources.expand_urls
     assert shards._expand_shard_urls is sources.expand_urls

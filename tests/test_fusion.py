@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 import open_clip_thermal as oct
-from open_clip_thermal.fusion import fuse_features
+from open_clip_thermal.model import fuse_features
 
 from model_helpers import images, randomise_lora, tiny_clip, tokens
 

@@ -113,7 +113,8 @@ def _recording_model(norm):
 
 def test_adapter_config_round_trip_and_benchmark_uses_the_recorded_norm(tmp_path, monkeypatch):
     from open_clip_thermal.adapters import read_adapter_config, save_adapters
-    from open_clip_thermal.benchmark import encode, shards
+    from open_clip_thermal.evaluation import encode
+    from open_clip_thermal.evaluation import shard_reader as shards
     model = _recording_model(FIXED)
     save_adapters(model, tmp_path / "fixed")
     assert read_adapter_config(tmp_path / "fixed")["thermal_norm"] == {

@@ -3,7 +3,7 @@
 Run ``python -m open_clip_thermal.benchmark --help``; definitions are in docs/benchmark.md.
 """
 from .cli import main
-from .errors import BenchmarkError
-from .retrieval import first_hit_ranks, recall_from_ranks, retrieval_recalls
+from ..evaluation.errors import BenchmarkError
+from ..evaluation.retrieval import first_hit_ranks, recall_from_ranks, retrieval_recalls
 
 __all__ = ["main", "BenchmarkError", "first_hit_ranks", "recall_from_ranks", "retrieval_recalls"]

@@ -12,15 +12,15 @@ import torch
 
 from ..base_model import activation_of
 from ..contracts import CAPTION_FIELDS, DEFAULT_LAM
-from .cache import EmbeddingCache, cache_key
+from ..evaluation.cache import EmbeddingCache, cache_key
 from ..data.decode import add_norm_arguments, norm_from_args
-from .encode import encode_test_set, norm_record, seed_norm
-from .errors import BenchmarkError
-from .evaluate import duplicate_caption_groups, evaluate
-from .report import write_report
-from .retrieval import DEFAULT_RECALL_KS, cap_ks
-from .shards import data_fingerprint, expand_urls, read_sample_index, unlisted_shards
-from .variants import VariantSpec, build_model, check_spec, needed_embeddings, parse_variant, rows_for, zeroshot_spec
+from ..evaluation.encode import encode_test_set, norm_record, seed_norm
+from ..evaluation.errors import BenchmarkError
+from ..evaluation.evaluate import duplicate_caption_groups, evaluate
+from ..evaluation.report import write_report
+from ..evaluation.retrieval import DEFAULT_RECALL_KS, cap_ks
+from ..evaluation.shard_reader import data_fingerprint, expand_urls, read_sample_index, unlisted_shards
+from ..evaluation.variants import VariantSpec, build_model, check_spec, needed_embeddings, parse_variant, rows_for, zeroshot_spec
 
 _EPILOG = """\
 variant syntax: KIND[/TAG]=MODEL[:WEIGHTS[,WEIGHTS...]]

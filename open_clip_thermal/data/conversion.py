@@ -25,7 +25,7 @@ from .annotations import Annotation, FieldNames, Skipped, UnsafePathError, read_
 from .decode import PALETTE_CHOICES, PALETTES, ThermalNorm, decode_with, palette_to_intensity
 from .image_files import ImageFileError, ImageInfo, grey_png, inspect_image, read_bytes, reencode_png
 from .manifest import build_manifest, write_json_atomic, write_sizes
-from .shards import PARTIAL_SUFFIX, ConversionJournal, SplitShardWriter, make_keys
+from .shard_writer import PARTIAL_SUFFIX, ConversionJournal, SplitShardWriter, make_keys
 
 log = logging.getLogger(__name__)
 

@@ -101,7 +101,7 @@ def expand_urls(urls: Union[str, Sequence[str]], *, split_items: bool = False,
     """Expand ``::``-joined brace patterns (or a list of them) into a flat list of shard URLs.
 
     The one shard-list expansion of the package: the training loader calls it as is, the benchmark
-    (:func:`open_clip_thermal.benchmark.shards.expand_urls`) with ``split_items=True`` (list items are
+    (:func:`open_clip_thermal.evaluation.shard_reader.expand_urls`) with ``split_items=True`` (list items are
     split on ``::`` too and stripped) and ``check_exists=True`` (a local shard that does not exist
     fails here, naming the file), wrapping the error into a ``BenchmarkError``.
 

@@ -52,7 +52,7 @@ from ..baselines import (EXPORT_NAME, ClipAdapterModel, DeclipConfig, DeclipLoss
                          save_openclip_weights)
 from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION
 from ..contracts import FINE_GRAINED, GLOBAL, MIXED
-from ..fusion import DualLoRAFusion
+from ..model import DualLoRAFusion
 from ..lora import LoRAConfig
 from ..registry import get_tclip_config, list_tclip_models, register_tclip_model, unregister_tclip_model
 from .checkpoints import (MARKER, NonFiniteWeightsError, ResumeError, check_base, expand_checkpoint, first_non_finite,

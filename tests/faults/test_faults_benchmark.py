@@ -122,7 +122,7 @@ def _write(folder, formats):
 
 
 def test_benchmark_reads_the_image_members_the_loader_reads():
-    from open_clip_thermal.benchmark import shards
+    from open_clip_thermal.evaluation import shard_reader as shards
     from open_clip_thermal.data import image_files, loader
     assert shards.IMAGE_EXTENSIONS is loader.THERMAL_EXTENSIONS  # one list, not a copy
     assert set(image_files.STANDARD_EXTENSIONS.values()) <= set(shards.IMAGE_EXTENSIONS)  # all the converter writes

@@ -1,7 +1,7 @@
 """Shard-level faults: corrupt tar headers, shell-quoting in shard URLs, the same shard given twice.
 
 Both readers are checked: the training loader (``open_clip_thermal.data.loader``) and the benchmark's
-own shard reader (``open_clip_thermal.benchmark.shards``).
+own shard reader (``open_clip_thermal.evaluation.shard_reader``).
 """
 import logging
 import os
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from data_helpers import TO_TENSOR
-from open_clip_thermal.benchmark import shards as bench_shards
-from open_clip_thermal.benchmark.errors import BenchmarkError
+from open_clip_thermal.evaluation import shard_reader as bench_shards
+from open_clip_thermal.evaluation.errors import BenchmarkError
 from open_clip_thermal.data.loader import make_thermal_dataloader, make_thermal_dataset
 from open_clip_thermal.data.sources import expand_urls
 from server_helpers import FileServer

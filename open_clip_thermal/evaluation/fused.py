@@ -21,7 +21,7 @@ def fuse_branches(features_by_branch: Mapping[str, torch.Tensor], lam: float, mo
 
     ``feature``: normalize(lam * f_G + (1 - lam) * f_F) (the paper's rule);
     ``score``: concat(sqrt(lam) f_G, sqrt(1 - lam) f_F), whose dot products are the lam-weighted
-    sum of the per-branch cosines. Uses ``open_clip_thermal.fusion.fuse_features`` when the
+    sum of the per-branch cosines. Uses ``open_clip_thermal.model.fuse_features`` when the
     package provides it, so the benchmark and the model share one definition.
     """
     if mode not in FUSION_MODES:
@@ -32,7 +32,7 @@ def fuse_branches(features_by_branch: Mapping[str, torch.Tensor], lam: float, mo
     if missing:
         raise ValueError(f"fusion needs branches {BRANCH_ORDER}, missing {missing}")
     try:
-        from open_clip_thermal.fusion import fuse_features
+        from open_clip_thermal.model import fuse_features
     except ImportError:
         return _local_fuse(features_by_branch, lam, mode)
     return fuse_features({b: features_by_branch[b].float() for b in BRANCH_ORDER}, lam, mode)

@@ -18,7 +18,7 @@ from ..contracts import CAPTION_FIELDS, FINE_GRAINED, GLOBAL, METADATA_KEY
 # loader's order of preference: the benchmark decodes the same member of a sample as training did.
 from ..contracts import THERMAL_EXTENSIONS as IMAGE_EXTENSIONS
 from ..data.decode import ThermalNorm, decode_with, thermal_to_pil
-from ..data.shards import SHARD_NAME
+from ..data.shard_writer import SHARD_NAME
 from ..data.sources import ShardListError, ShardReadError, open_url, read_tar_files
 from ..data.sources import expand_urls as _expand_shard_urls
 from .errors import BenchmarkError

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from .cache import EmbeddingCache, cache_key, hash_state_dict
 from .errors import BenchmarkError
 from ..data.decode import ThermalNorm
-from .shards import CAPTION_FIELDS, SampleIndex, iter_image_batches
+from .shard_reader import CAPTION_FIELDS, SampleIndex, iter_image_batches
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import shlex
 import sys
 from typing import List, Optional
 
-from .data.annotations import AnnotationFormatError, BadRowError, FieldNames
-from .data.conversion import DEFAULT_MAX_SKIP_FRACTION, ConversionError, ConvertOptions, convert
-from .data.decode import PALETTE_CHOICES, add_norm_arguments, norm_from_args
+from ..data.annotations import AnnotationFormatError, BadRowError, FieldNames
+from ..data.conversion import DEFAULT_MAX_SKIP_FRACTION, ConversionError, ConvertOptions, convert
+from ..data.decode import PALETTE_CHOICES, add_norm_arguments, norm_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +117,7 @@ SUMMARY_EXAMPLES = 5  # skipped rows named on the console
 
 def print_skip_summary(manifest: dict, file=None) -> None:
     """The skip reasons with their counts and the first few skipped rows (the manifest lists them all)."""
-    from .data.manifest import reason_kind
+    from ..data.manifest import reason_kind
     file = file or sys.stderr
     skipped = manifest.get("skipped") or []
     if not skipped:
@@ -178,6 +178,3 @@ def _report(manifest: dict, output_dir: str) -> None:
     for warning in manifest["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ from tqdm import tqdm
 from .fused import FUSION_MODES, fuse_branches
 from .geometry import mean_feature_angle, mean_intra_group_cosine
 from .retrieval import caption_groups, chance_recalls, retrieval_recalls
-from .shards import FINE_GRAINED, GLOBAL
+from .shard_reader import FINE_GRAINED, GLOBAL
 from .stats import matched_pair_cosine, pairwise_welch_tests
 from .variants import REFERENCE_KIND, Row
 

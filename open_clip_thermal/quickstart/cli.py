@@ -79,7 +79,7 @@ class StageTimer:
 
 
 def simulate(out: Path, args) -> Path:
-    from .synthetic.dataset import generate_dataset
+    from ..synthetic.dataset import generate_dataset
     annotations = generate_dataset(out / "data", num_train=args.num_train, num_val=args.num_val,
                                    num_test=args.num_test, size=args.image_size, seed=args.seed,
                                    bit_depth=args.bit_depth, progress=not args.no_progress)
@@ -87,7 +87,7 @@ def simulate(out: Path, args) -> Path:
 
 
 def make_shards(annotations: Path, out: Path, args) -> Dict[str, str]:
-    from .convert import main as convert_main
+    from ..convert.cli import main as convert_main
     shard_dir = out / "shards"
     argv = ["--annotations", str(annotations), "--image-root", str(annotations.parent), "--output-dir",
             str(shard_dir), "--prefix", "synthetic", "--min-shards", str(max(2, args.workers)),
@@ -107,14 +107,14 @@ def make_shards(annotations: Path, out: Path, args) -> Dict[str, str]:
 
 
 def proxy_base(args) -> str:
-    from .synthetic.proxy import get_proxy_checkpoint
+    from ..synthetic.proxy import get_proxy_checkpoint
     recipe = {k: v for k, v in (("steps", args.proxy_steps), ("num_scenes", args.proxy_scenes)) if v is not None}
     return str(get_proxy_checkpoint(cache_dir=args.cache_dir, seed=args.seed, progress=not args.no_progress,
                                     **recipe))
 
 
 def train_branch(name: str, branch: str, model: str, base: str, shards: Dict[str, str], out: Path, args) -> Path:
-    from .train import main as train_main
+    from ..train.cli import main as train_main
     logs = out / "runs"
     run_dir = logs / name
     if run_dir.exists():  # open_clip_train refuses to reuse a run name
@@ -132,7 +132,7 @@ def train_branch(name: str, branch: str, model: str, base: str, shards: Dict[str
 
 
 def benchmark(adapters: Dict[str, Path], base: str, shards: Dict[str, str], out: Path, args) -> Path:
-    from .benchmark.cli import main as benchmark_main
+    from ..benchmark.cli import main as benchmark_main
     results = out / "results"
     argv = ["--data", shards["test"], "--out", str(results), "--base-model", BASE_MODEL, "--base-pretrained", base,
             "--recall-k", args.recall_k,
@@ -165,6 +165,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\nResults: {results / 'results.md'}, {results / 'results.json'} and the PNG plots in {results}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
