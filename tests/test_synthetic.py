@@ -208,7 +208,11 @@ def test_annotation_file_matches_the_contract(tmp_path):
         assert record["global_caption"].startswith(THERMAL_PREFIX)
         assert record["fg_caption"].startswith(THERMAL_PREFIX)
         assert record["rgb_caption"]
-        assert {"time_of_day", "weather", "place"} <= set(record["meta"])
+        assert {"time_of_day", "weather", "place", "engine_states", "road_patches"} <= set(record["meta"])
+        for obj in record["objects"]:  # labelled boxes for cutting object crops
+            x0, y0, x1, y1 = obj["box"]
+            assert obj["label"] in ("car", "van", "bus", "pedestrian", "umbrella", "building", "tree")
+            assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
         thermal = Image.open(tmp_path / record["image"])
         assert thermal.mode == "I;16" and thermal.size == (32, 32)
         assert np.array(thermal).min() >= 1000

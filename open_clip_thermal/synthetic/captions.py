@@ -2,18 +2,21 @@
 
 Three kinds, each drawn with a caller-supplied generator so the wording changes between draws:
 
-* a global thermal caption in the IR-Cap style (scene type, time, weather, object counts),
-* a fine-grained thermal caption (heat signatures of people, engines, tyres, road, sky),
+* a global thermal caption in the IR-Cap style (scene type, time, weather, wet or dry road, counts),
+* a fine-grained thermal caption (object-level thermal state: engines cooling down, occupied
+  cabins, exerted people, heated buildings, the road's memory of vehicles, shade and damp),
 * an RGB-style caption (colours and visible appearance) used only to pretrain the proxy model.
 
 Both thermal captions start with ``THERMAL_PREFIX`` like IR-Cap's. Several templates and
-synonyms per fact keep retrieval from keying on a single literal string.
+synonyms per fact keep retrieval from keying on a single literal string. The thermal captions
+state exactly the facts of :mod:`.facts` (the oracle diagnostic relies on that).
 """
 from collections import Counter
 from typing import List, Sequence
 
 import numpy as np
 
+from .facts import person_state, road_patch_state, vehicle_state
 from .scene import Scene, Vehicle
 
 THERMAL_PREFIX = "infrared thermal"
@@ -57,85 +60,63 @@ def _vehicle_phrase(rng, vehicles: List[Vehicle], adjective: str = "") -> str:
     return " and ".join(parts)
 
 
+_ROAD = {"wet": ["wet asphalt", "a wet road", "rain-soaked pavement"],
+         "dry": ["dry asphalt", "a dry road", "dry pavement"]}
+
+
 def global_thermal_caption(scene: Scene, rng: np.random.Generator) -> str:
-    """IR-Cap-style global thermal caption: scene type, time, weather and object counts."""
+    """IR-Cap-style global thermal caption: the scene-level facts of :func:`.facts.global_facts`."""
     place, time, weather = _pick(rng, _PLACE[scene.place]), _pick(rng, _TIME[scene.time_of_day]), \
         _pick(rng, _WEATHER[scene.weather])
-    people = _count_phrase(rng, len(scene.pedestrians), _PERSON, ["no people", "no pedestrians"],
-                           _pick(rng, ["", "warm", "bright"]))
-    vehicles = _vehicle_phrase(rng, scene.vehicles, _pick(rng, ["", "warm"]))
+    road = _pick(rng, _ROAD["wet" if scene.road_wet else "dry"])
+    people = _count_phrase(rng, len(scene.pedestrians), _PERSON, ["no people", "no pedestrians"])
+    vehicles = _vehicle_phrase(rng, scene.vehicles)
     templates = [
-        f"{THERMAL_PREFIX} image of {place} {time} {weather}, showing {people} and {vehicles}.",
-        f"{THERMAL_PREFIX} view of {place} {time}: {people}, {vehicles}, {weather}.",
-        f"{THERMAL_PREFIX} scene {time} {weather} on {place} with {people} and {vehicles}.",
-        f"{THERMAL_PREFIX} photograph of {place} {weather} {time}, containing {vehicles} and {people}.",
+        f"{THERMAL_PREFIX} image of {place} {time} {weather}, {road}, showing {people} and {vehicles}.",
+        f"{THERMAL_PREFIX} view of {place} {time}: {people}, {vehicles}, {road}, {weather}.",
+        f"{THERMAL_PREFIX} scene {time} {weather} on {place} with {road}, {people} and {vehicles}.",
+        f"{THERMAL_PREFIX} photograph of {place} {weather} {time}, {road}, {vehicles} and {people}.",
     ]
     return _pick(rng, templates)
 
 
-def _people_clauses(rng, scene: Scene) -> List[str]:
-    peds = scene.pedestrians
-    if not peds:
-        return []
-    who = _count_phrase(rng, len(peds), _PERSON, [])
-    clauses = [_pick(rng, [
-        f"{who} with bright heads and torsos and cooler limbs",
-        f"{who} whose heads and upper bodies glow warmer than their arms and legs",
-        f"{who} appearing as warm silhouettes, hottest at the head and chest"])]
-    if any(p.clothing == "coat" for p in peds):
-        clauses.append(_pick(rng, ["thick coats dim the body heat", "heavy clothing masks part of the torso heat"]))
-    n_umbrella = sum(p.umbrella for p in peds)
-    if n_umbrella:
-        clauses.append(_pick(rng, [f"{_count_phrase(rng, n_umbrella, (['umbrella'], ['umbrellas']), [])} "
-                                   f"showing as cool dark shapes above the head",
-                                   "an umbrella darker than the person beneath it"]))
-    return clauses
+_ENGINE = {"running": ["a running hot engine", "its engine running hot"],
+           "just off": ["a hot engine just switched off", "a hot engine stopped minutes ago"],
+           "cooling": ["a lukewarm cooling engine", "an engine cooling down"],
+           "cold": ["a cold engine", "an engine long cold"]}
+_CABIN = {True: ["a warm occupied cabin", "an occupied cabin"],
+          False: ["an empty cool cabin", "an empty cabin"]}
+_PEOPLE_STATE = {True: ["warm from exertion", "glowing after exertion"],
+                 False: ["at rest", "resting"]}
+_BUILDING_STATE = {True: ["heated, leaking warmth", "heated inside"],
+                   False: ["unheated, at air temperature", "unheated"]}
+_ROAD_STATE = {"vacated fresh": ["a fresh warm spot a vehicle just left",
+                                 "a bright spot where a vehicle just stood"],
+               "vacated faint": ["a faint warm spot a vehicle left earlier",
+                                 "a fading warm spot left by a departed vehicle"],
+               "shade": ["a cool band of road shaded earlier", "a cool strip once shaded"],
+               "damp": ["cool damp patches drying", "cool drying wet patches"]}
 
 
-def _vehicle_clauses(rng, scene: Scene) -> List[str]:
-    moving = [v for v in scene.vehicles if v.moving]
-    parked = [v for v in scene.vehicles if not v.moving]
-    clauses = []
-    if moving:
-        clauses.append(_pick(rng, [
-            f"{_vehicle_phrase(rng, moving)} in motion with hot engines and warm tyres",
-            f"{_vehicle_phrase(rng, moving)} driving, engine bays and wheels glowing bright"]))
-        if scene.time_of_day in ("dusk", "night"):
-            clauses.append(_pick(rng, ["headlights as small hot spots", "glowing hot headlamps"]))
-    if parked:
-        clauses.append(_pick(rng, [
-            f"{_vehicle_phrase(rng, parked)} parked with cooling engines",
-            f"{_vehicle_phrase(rng, parked)} standing still, engines near ambient temperature"]))
-    return clauses
-
-
-def _background_clauses(rng, scene: Scene) -> List[str]:
-    warm_road = scene.time_of_day == "day" and scene.weather in ("clear", "overcast")
-    road = _pick(rng, ["a warm bright road surface", "sun-heated asphalt"] if warm_road else
-                 ["a moderately warm road", "the road slightly warmer than the air"])
-    clauses = [road]
-    if scene.road_wet:
-        clauses.append(_pick(rng, ["wet pavement looking brighter", "a wet road with raised emissivity"]))
-    clauses.append(_pick(rng, ["a cold dark sky", "the sky as a cold black region", "a dark cold sky"]))
-    if scene.buildings and scene.trees:
-        clauses.append(_pick(rng, ["trees cooler than the buildings", "vegetation darker than the walls"]))
-    if any(b.lit_fraction > 0 for b in scene.buildings):
-        clauses.append(_pick(rng, ["heated windows slightly warm", "buildings leaking heat at the windows"]))
-    if scene.weather in ("fog", "rain"):
-        clauses.append(_pick(rng, [f"{scene.weather} lowering the contrast", f"contrast washed out by {scene.weather}"]))
-    return clauses
+def _grouped(rng, states, nouns, describe) -> List[str]:
+    """'two people at rest', one phrase per distinct state (sorted, so the wording is order-free)."""
+    return [f"{_count_phrase(rng, n, nouns, [])} {describe(state)}" for state, n in sorted(Counter(states).items())]
 
 
 def fine_grained_thermal_caption(scene: Scene, rng: np.random.Generator) -> str:
-    """Fine-grained thermal caption describing the heat signatures in the scene."""
-    background = _background_clauses(rng, scene)
-    # Keep the road and at most two other background facts, so most captions fit CLIP's context.
-    keep = sorted(rng.permutation(np.arange(1, len(background)))[:2]) if len(background) > 1 else []
-    background = [background[0]] + [background[i] for i in keep]
-    clauses = _people_clauses(rng, scene) + _vehicle_clauses(rng, scene) + background
-    opener = _pick(rng, [f"{THERMAL_PREFIX} image with", f"{THERMAL_PREFIX} close-up description:",
-                         f"{THERMAL_PREFIX} detail view showing"])
-    return f"{opener} " + ", ".join(clauses) + "."
+    """Fine-grained thermal caption: the object-level facts of :func:`.facts.fine_grained_facts`."""
+    clauses = _grouped(rng, [vehicle_state(v) for v in scene.vehicles], (["vehicle"], ["vehicles"]),
+                       lambda s: f"with {_pick(rng, _ENGINE[s[0]])} and {_pick(rng, _CABIN[s[1]])}")
+    clauses += _grouped(rng, [person_state(p) for p in scene.pedestrians], _PERSON,
+                        lambda s: _pick(rng, _PEOPLE_STATE[s]))
+    clauses += _grouped(rng, [b.heated for b in scene.buildings], (["building"], ["buildings"]),
+                        lambda s: _pick(rng, _BUILDING_STATE[s]))
+    clauses += [_pick(rng, _ROAD_STATE[road_patch_state(p)]) for p in scene.road_patches]
+    if not clauses:
+        clauses = [_pick(rng, ["no warm objects and an undisturbed road", "nothing warm, an even road surface"])]
+    opener = _pick(rng, [f"{THERMAL_PREFIX} image with", f"{THERMAL_PREFIX} close-up:",
+                         f"{THERMAL_PREFIX} detail showing"])
+    return f"{opener} " + "; ".join(clauses) + "."
 
 
 def _colour_list(rng, vehicles: List[Vehicle]) -> str:

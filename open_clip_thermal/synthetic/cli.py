@@ -1,5 +1,7 @@
 """Command line of the synthetic RGB-thermal world.
 
+    python -m open_clip_thermal.synthetic                      (the oracle diagnostic, as ``oracle``)
+    python -m open_clip_thermal.synthetic oracle [--seed S] [--num-test N]
     python -m open_clip_thermal.synthetic generate --out DIR [--num-train N ...]
     python -m open_clip_thermal.synthetic pretrain-proxy [--cache-dir DIR] [--seed S] [--steps N ...]
 """
@@ -7,9 +9,7 @@ import argparse
 import time
 from typing import List, Optional
 
-from .dataset import generate_dataset
-from .proxy import (EVAL_SCENES, ProxyRecipe, checkpoint_path, default_cache_dir, ensure_model_configs,
-                    load_report, pretrain_proxy)
+from .proxy_recipe import EVAL_SCENES, ProxyRecipe, checkpoint_path, default_cache_dir
 
 _DEFAULT_RECIPE = ProxyRecipe()
 
@@ -62,18 +62,46 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_oracle(sub) -> None:
+    p = sub.add_parser(
+        "oracle", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
+        help="oracle diagnostic: how well global, fine-grained and both fact sets identify a test image",
+        description="Retrieval with the generator's own facts instead of a model: a caption's candidates are "
+                    "the images with the same facts, in random order. Prints expected Recall@K for global "
+                    "facts only, fine-grained facts only and both, and how many 8 x 8 patches the parts that "
+                    "fine-grained captions describe cover. Needs no model and no files.")
+    _add_oracle_flags(p)
+
+
+def _add_oracle_flags(p) -> None:
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (as for generate)")
+    p.add_argument("--split", default="test", help="split whose scenes are scored")
+    p.add_argument("--num-test", type=int, default=300, help="number of scenes of the split")
+    p.add_argument("--size", type=int, default=64, help="image size for the patch-coverage table")
+    p.add_argument("--patch", type=int, default=8, help="vision-tower patch size for the coverage table")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Argument parser with the ``generate`` and ``pretrain-proxy`` subcommands."""
+    """Argument parser with the ``oracle`` (default), ``generate`` and ``pretrain-proxy`` subcommands."""
     parser = argparse.ArgumentParser(
         prog="python -m open_clip_thermal.synthetic", allow_abbrev=False,
-        description="Synthetic RGB-thermal world: simulate datasets and pretrain the RGB proxy base model.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,pretrain-proxy}")
+        description="Synthetic RGB-thermal world: the oracle diagnostic (the default), simulated datasets, "
+                    "and the RGB proxy base model.")
+    sub = parser.add_subparsers(dest="command", metavar="{oracle,generate,pretrain-proxy}")
+    _add_oracle(sub)
     _add_generate(sub)
     _add_pretrain(sub)
     return parser
 
 
+def _run_oracle(args) -> None:
+    from .oracle import format_report, oracle_report
+    print(format_report(oracle_report(args.seed, args.split, args.num_test, size=args.size, patch=args.patch)))
+
+
 def _run_generate(args) -> None:
+    from .dataset import generate_dataset
+
     start = time.perf_counter()
     path = generate_dataset(args.out, args.num_train, args.num_val, args.num_test, size=args.size,
                             seed=args.seed, bit_depth=args.bit_depth, progress=not args.no_progress)
@@ -94,6 +122,7 @@ def _print_report(report) -> None:
 
 
 def _run_pretrain(args) -> None:
+    from .proxy import ensure_model_configs, load_report, pretrain_proxy
     recipe = ProxyRecipe(model=args.model, num_scenes=args.num_scenes, steps=args.steps,
                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          warmup_steps=args.warmup_steps, image_size=args.image_size)
@@ -112,9 +141,9 @@ def _run_pretrain(args) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; ``argv`` defaults to ``sys.argv[1:]``."""
-    args = build_parser().parse_args(argv)
-    if args.command == "generate":
-        _run_generate(args)
-    else:
-        _run_pretrain(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # no subcommand: the oracle diagnostic with its defaults
+        args = parser.parse_args(["oracle"])
+    {"oracle": _run_oracle, "generate": _run_generate, "pretrain-proxy": _run_pretrain}[args.command](args)
     return 0

@@ -14,7 +14,7 @@ any single sample can be regenerated alone.
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 from PIL import Image
@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from ..files import atomic_write
 from .captions import fine_grained_thermal_caption, global_thermal_caption, rgb_caption
-from .layout import rasterize
+from .facts import engine_state, road_patch_state
+from .layout import object_boxes, rasterize
 from .render_rgb import render_rgb
 from .render_thermal import render_thermal
 from .scene import Scene, sample_scene, scene_rng
@@ -44,6 +45,7 @@ class SyntheticSample:
     global_caption: str
     fg_caption: str
     rgb_caption: str
+    objects: List[Dict[str, object]]  # visible objects: label, pixel box [x0, y0, x1, y1], index
 
 
 def sample_id(split: str, index: int) -> str:
@@ -73,7 +75,7 @@ def render_sample(seed: int, split: str, index: int, size: int = 64, bit_depth: 
         thermal=render_thermal(scene, bit_depth=bit_depth, sensor_seed=seed, raster=raster),
         global_caption=global_thermal_caption(scene, rng),
         fg_caption=fine_grained_thermal_caption(scene, rng),
-        rgb_caption=rgb_caption(scene, rng))
+        rgb_caption=rgb_caption(scene, rng), objects=object_boxes(scene, raster))
 
 
 def iter_samples(seed: int, split: str, count: int, size: int = 64, bit_depth: int = 8,
@@ -91,6 +93,12 @@ def scene_meta(scene: Scene) -> Dict[str, object]:
         "num_pedestrians": len(scene.pedestrians), "num_umbrellas": sum(p.umbrella for p in scene.pedestrians),
         "num_vehicles": len(scene.vehicles), "num_moving_vehicles": sum(v.moving for v in scene.vehicles),
         "num_buildings": len(scene.buildings), "num_trees": len(scene.trees),
+        # object-level thermal state (world v2), stated by the fine-grained caption
+        "engine_states": sorted(engine_state(v) for v in scene.vehicles),
+        "num_occupied_vehicles": sum(v.occupied for v in scene.vehicles),
+        "num_exerted_pedestrians": sum(p.exerted for p in scene.pedestrians),
+        "num_heated_buildings": sum(b.heated for b in scene.buildings),
+        "road_patches": sorted(road_patch_state(p) for p in scene.road_patches),
     }
 
 
@@ -110,7 +118,7 @@ def write_sample(sample: SyntheticSample, out_dir: Path, bit_depth: int) -> Dict
     meta["thermal_bit_depth"] = bit_depth
     return {"id": sample.id, "image": thermal_rel, "rgb": rgb_rel, "global_caption": sample.global_caption,
             "fg_caption": sample.fg_caption, "rgb_caption": sample.rgb_caption, "split": sample.split,
-            "dataset": "synthetic", "meta": meta}
+            "dataset": "synthetic", "objects": sample.objects, "meta": meta}
 
 
 def generate_dataset(out_dir, num_train: int = 1000, num_val: int = 200, num_test: int = 300,

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .scene import Building, Pedestrian, Scene, Tree, Vehicle, road_half_width_at
+from .scene import Building, Pedestrian, RoadPatch, Scene, Tree, Vehicle, road_half_width_at
 
 SKY_DISTANCE = 80.0  # viewing distance of the sky, in units of the nearest ground row
 
@@ -83,6 +83,8 @@ def _paint_ground(p: _Painter, scene: Scene) -> None:
     offset = p.u - scene.road_centre
     road = below & (np.abs(offset) <= half)
     p.paint(road, "road", distance=p.ground_distance(p.v))
+    for i, patch in enumerate(scene.road_patches):
+        _paint_road_patch(p, scene, patch, i, road)
     if scene.place == "campus":
         return
     line_half = 0.012 * depth_frac + 0.5 / p.u.shape[1]
@@ -98,6 +100,20 @@ def _paint_ground(p: _Painter, scene: Scene) -> None:
         stripe_width = 0.04 * _perspective_scale(scene, band_v) + 1.0 / p.u.shape[1]
         stripes = (np.floor(offset / stripe_width) % 2) == 0
         p.paint(road & band & stripes, "zebra", distance=p.ground_distance(p.v))
+
+
+def _paint_road_patch(p: _Painter, scene: Scene, patch: RoadPatch, owner: int, road: np.ndarray) -> None:
+    half_u = patch.width * road_half_width_at(scene, patch.v)
+    half_v = 0.5 * patch.height * (1 - scene.horizon)
+    if patch.kind == "damp":  # irregular blotches: an ellipse cut by a seeded noise field
+        blob = p.ellipse(patch.u, patch.v, half_u, half_v)
+        noise = np.random.default_rng([owner, int(patch.u * 1e6)]).random((4, 4))
+        rows = np.clip(((p.v - patch.v) / (2 * half_v) + 0.5) * 4, 0, 3).astype(int)
+        cols = np.clip(((p.u - patch.u) / (2 * half_u) + 0.5) * 4, 0, 3).astype(int)
+        region = blob & (noise[rows, cols] < 0.75)
+    else:
+        region = p.rect(patch.u - half_u, patch.u + half_u, patch.v - half_v, patch.v + half_v)
+    p.paint(region & road, f"road_{patch.kind}", owner, distance=p.ground_distance(p.v))
 
 
 def _paint_building(p: _Painter, scene: Scene, b: Building, owner: int) -> None:
@@ -125,8 +141,8 @@ def _paint_tree(p: _Painter, scene: Scene, t: Tree, owner: int) -> None:
     p.paint(p.ellipse(t.u, t.v - 0.7 * height, 0.28 * height, 0.32 * height), "foliage", owner, distance)
 
 
-_VEHICLE_SHAPES = {  # width, height as fractions of the image at the nearest row
-    "car": (0.36, 0.15), "van": (0.38, 0.22), "bus": (0.62, 0.3)}
+_VEHICLE_SHAPES = {  # width, height as fractions of the image at the nearest row (a close camera)
+    "car": (0.6, 0.26), "van": (0.62, 0.34), "bus": (0.85, 0.42)}
 
 
 def _paint_vehicle(p: _Painter, scene: Scene, car: Vehicle, owner: int) -> None:
@@ -142,16 +158,16 @@ def _paint_vehicle(p: _Painter, scene: Scene, car: Vehicle, owner: int) -> None:
 
     bottom = car.v - 0.12 * h
     if car.kind == "car":
-        body_top, cabin, engine = car.v - 0.6 * h, (0.15, 0.72), (0.72, 1.0)
+        body_top, cabin, engine = car.v - 0.6 * h, (0.15, 0.7), (0.68, 1.0)
     elif car.kind == "van":
-        body_top, cabin, engine = car.v - 0.55 * h, (0.0, 0.82), (0.82, 1.0)
+        body_top, cabin, engine = car.v - 0.55 * h, (0.0, 0.78), (0.76, 1.0)
     else:  # buses carry the engine at the rear
-        body_top, cabin, engine = car.v - 0.55 * h, (0.0, 1.0), (0.0, 0.18)
+        body_top, cabin, engine = car.v - 0.55 * h, (0.0, 1.0), (0.0, 0.22)
     p.paint(p.rect(*along(0, 1), body_top, bottom), "vehicle_body", owner, distance)
     p.paint(p.rect(*along(*cabin), car.v - h, body_top), "vehicle_body", owner, distance)
     win_u0, win_u1 = along(cabin[0] + 0.05, cabin[1] - 0.05)
     p.paint(p.rect(win_u0, win_u1, car.v - 0.92 * h, body_top - 0.04 * h), "vehicle_window", owner, distance)
-    p.paint(p.rect(*along(*engine), body_top + 0.05 * h, bottom - 0.1 * h), "vehicle_engine", owner, distance)
+    p.paint(p.rect(*along(*engine), body_top + 0.03 * h, bottom - 0.03 * h), "vehicle_engine", owner, distance)
     wheel_r = 0.2 * h if car.kind == "car" else 0.15 * h
     for a in (0.2, 0.8):
         wu = along(a, a)[0]
@@ -164,7 +180,7 @@ def _paint_vehicle(p: _Painter, scene: Scene, car: Vehicle, owner: int) -> None:
 
 
 def _paint_pedestrian(p: _Painter, scene: Scene, ped: Pedestrian, owner: int) -> None:
-    height = 0.42 * _perspective_scale(scene, ped.v)
+    height = 0.62 * _perspective_scale(scene, ped.v)
     distance = float(p.ground_distance(np.float32(ped.v)))
     top = ped.v - height
     torso_half = 0.14 * height
@@ -182,6 +198,50 @@ def _paint_pedestrian(p: _Painter, scene: Scene, ped: Pedestrian, owner: int) ->
     if ped.umbrella:
         dome = p.ellipse(ped.u, top - 0.02 * height, 0.38 * height, 0.16 * height) & (p.v <= top - 0.02 * height)
         p.paint(dome, "umbrella", owner, distance)
+
+
+_OBJECT_PARTS = {  # part kind -> (scene list, how the object's box is labelled)
+    "vehicle_body": "vehicles", "vehicle_window": "vehicles", "vehicle_engine": "vehicles",
+    "vehicle_tyre": "vehicles", "headlight": "vehicles", "ped_head": "pedestrians", "ped_torso": "pedestrians",
+    "ped_arm": "pedestrians", "ped_leg": "pedestrians", "umbrella": "umbrellas", "building_wall": "buildings",
+    "window_lit": "buildings", "window_dark": "buildings", "tree_trunk": "trees", "foliage": "trees"}
+
+
+def object_boxes(scene: Scene, raster: SceneRaster) -> List[dict]:
+    """Class label and pixel box of every visible object, for cutting labelled crops.
+
+    Returns:
+        ``[{"label", "box": [x0, y0, x1, y1], "index"}]`` in painting order per type; the box spans the
+        object's visible pixels (x1, y1 exclusive, so ``image[y0:y1, x0:x1]`` is the crop); ``label`` is
+        the vehicle kind (car / van / bus), ``pedestrian``, ``umbrella``, ``building`` or ``tree``;
+        ``index`` is the object's position in its scene list. Fully hidden objects are left out.
+    """
+    owner_of = np.full(len(raster.parts), -1, dtype=np.int64)
+    keys = []
+    for i, part in enumerate(raster.parts):
+        group = _OBJECT_PARTS.get(part.kind)
+        if group is not None:
+            key = (group, part.owner)
+            if key not in keys:
+                keys.append(key)
+            owner_of[i] = keys.index(key)
+    object_map = owner_of[raster.part_map]
+    boxes = []
+    for group in ("vehicles", "pedestrians", "umbrellas", "buildings", "trees"):
+        for key_index, (g, owner) in enumerate(keys):
+            if g != group:
+                continue
+            rows, cols = np.nonzero(object_map == key_index)
+            if not rows.size:  # painted, then covered entirely by nearer objects
+                continue
+            if group == "vehicles":
+                label = scene.vehicles[owner].kind
+            else:
+                label = {"pedestrians": "pedestrian", "umbrellas": "umbrella", "buildings": "building",
+                         "trees": "tree"}[group]
+            boxes.append({"label": label, "box": [int(cols.min()), int(rows.min()), int(cols.max()) + 1,
+                                                  int(rows.max()) + 1], "index": int(owner)})
+    return boxes
 
 
 def rasterize(scene: Scene, size: int) -> SceneRaster:

@@ -9,12 +9,10 @@ The recipe is a plain in-process loop (AdamW, warmup + cosine, OpenCLIP's ``Clip
 result is cached as a plain OpenCLIP state_dict in safetensors, keyed by a hash of the recipe, so
 ``open_clip.create_model('thermal-vit-tiny', pretrained=path)`` loads it unchanged.
 """
-import hashlib
 import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -31,56 +29,21 @@ from tqdm import tqdm
 from ..files import atomic_write, atomic_write_json
 from .captions import rgb_caption
 from .dataset import iter_samples
+from .proxy_recipe import (CACHE_ENV, EVAL_SCENES, EVAL_SPLIT, PRETRAIN_SPLIT, SIMULATOR_VERSION, ProxyRecipe,
+                           checkpoint_path, default_cache_dir, recipe_key)
 from .render_rgb import render_rgb
 from .scene import sample_scene, scene_rng
 
-# Bump when the simulator or the loop changes what a recipe produces, so old caches are not reused.
-SIMULATOR_VERSION = "1"
-CACHE_ENV = "OPEN_CLIP_THERMAL_CACHE"
-PRETRAIN_SPLIT = "proxy-pretrain"  # own random streams: never the quickstart's train/val/test scenes
-EVAL_SPLIT = "proxy-eval"
-EVAL_SCENES = 200
-
-
-@dataclass(frozen=True)
-class ProxyRecipe:
-    """Everything that determines the proxy weights (together with the seed)."""
-
-    model: str = "thermal-vit-tiny"  # OpenCLIP architecture name
-    num_scenes: int = 3000  # simulated RGB scenes rendered for pretraining
-    steps: int = 300  # optimiser steps
-    batch_size: int = 64
-    lr: float = 1e-3  # peak learning rate
-    weight_decay: float = 0.1  # on weight matrices only, as in open_clip_train
-    warmup_steps: int = 20
-    image_size: int = 64  # must match the architecture's input size
-
-    @classmethod
-    def from_kwargs(cls, **overrides) -> "ProxyRecipe":
-        """Default recipe with ``overrides``; unknown names raise a TypeError that lists the valid ones."""
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - valid)
-        if unknown:
-            raise TypeError(f"unknown proxy recipe field(s) {unknown}; valid fields: {sorted(valid)}")
-        return cls(**overrides)
+__all__ = ["CACHE_ENV", "EVAL_SCENES", "EVAL_SPLIT", "PRETRAIN_SPLIT", "SIMULATOR_VERSION", "ProxyRecipe",
+           "checkpoint_path", "default_cache_dir", "recipe_key", "ensure_model_configs", "images_to_tensor",
+           "train_proxy", "recall_at_1", "evaluate_proxy", "save_proxy_checkpoint", "pretrain_proxy",
+           "get_proxy_checkpoint", "load_report"]
 
 
 def ensure_model_configs() -> None:
     """Make the package's architectures (``thermal-vit-tiny`` ...) known to OpenCLIP, once."""
     if "thermal-vit-tiny" not in open_clip.list_models():
         open_clip.add_model_config(Path(__file__).resolve().parent.parent / "model_configs")
-
-
-def default_cache_dir() -> Path:
-    """``$OPEN_CLIP_THERMAL_CACHE`` if set, else ``~/.cache/open_clip_thermal``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "open_clip_thermal"
-
-
-def recipe_key(recipe: ProxyRecipe, seed: int) -> str:
-    """Short hash of the recipe, the seed and the simulator version (the cache key)."""
-    payload = json.dumps({"recipe": asdict(recipe), "seed": seed, "simulator": SIMULATOR_VERSION}, sort_keys=True)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 def images_to_tensor(images: Sequence[np.ndarray], image_size: int) -> torch.Tensor:
@@ -217,11 +180,6 @@ def save_proxy_checkpoint(model: torch.nn.Module, path, metadata: Optional[Dict[
     # the temporary file is private; the cached checkpoint need not be
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()}),
                         mode=0o644)
-
-
-def checkpoint_path(cache_dir, recipe: ProxyRecipe, seed: int) -> Path:
-    """Where the checkpoint of ``recipe`` and ``seed`` lives in ``cache_dir``."""
-    return Path(cache_dir) / "proxy" / f"proxy-{recipe.model}-seed{seed}-{recipe_key(recipe, seed)}.safetensors"
 
 
 def pretrain_proxy(out_path, recipe: Optional[ProxyRecipe] = None, seed: int = 0, progress: bool = True,

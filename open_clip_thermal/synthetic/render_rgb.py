@@ -22,6 +22,7 @@ _FIXED = {
 }
 _WET_ROAD = (0.2, 0.2, 0.23)
 _SKIN = (0.82, 0.62, 0.48)
+_GLASS_FACADE = (0.45, 0.55, 0.62)
 
 
 def _sky_colours(scene: Scene):
@@ -47,14 +48,17 @@ def _emits_light(scene: Scene, part: Part) -> bool:
 
 def _part_colour(scene: Scene, part: Part):
     kind = part.kind
-    if kind == "road" and scene.road_wet:
+    if kind in ("road", "road_vacated", "road_shade"):  # the road's past is invisible in visible light
+        return _WET_ROAD if scene.road_wet else _FIXED["road"]
+    if kind == "road_damp":  # a damp patch is a little darker, like a wet road
         return _WET_ROAD
     if kind in _FIXED:
         return _FIXED[kind]
     if kind == "lane_marking":
         return LANE_COLOURS[scene.lane_colour]
     if kind == "building_wall":
-        return scene.buildings[part.owner].colour
+        b = scene.buildings[part.owner]
+        return _GLASS_FACADE if b.material == "glass" else b.colour
     if kind in ("vehicle_body", "vehicle_engine"):  # the engine is invisible in visible light
         return CAR_COLOURS[scene.vehicles[part.owner].colour]
     if kind == "headlight":

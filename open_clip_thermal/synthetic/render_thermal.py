@@ -6,7 +6,12 @@ every effect has a physical reason:
 * Surface temperature per part from air temperature, solar load and internal heat sources
   (sky a cold sink; sun-heated road and walls; evapotranspiring vegetation near air temperature;
   body core > limbs, damped by clothing insulation; hot running engines and tyres, parked ones
-  cooling exponentially; hot headlight glass at night).
+  cooling exponentially after the engine is switched off; hot headlight glass at night).
+* Object state that only a thermal camera sees (world v2): an occupied cabin warms its glass;
+  exertion warms a person's skin and clothing; a heated building leaks heat through walls and
+  windows whether or not its windows are lit; the road remembers the past: warm where a vehicle
+  stood until recently (fading), cooler where it lay in shade earlier, cooler still where damp
+  patches are drying (evaporation).
 * Apparent temperature ``eps * T + (1 - eps) * T_reflected``: low-emissivity glass and paint
   mirror the cold sky, water on a wet road raises emissivity so it looks brighter.
 * Atmosphere: transmittance ``exp(-beta * distance)`` blends each pixel toward air temperature;
@@ -39,10 +44,21 @@ _EMISSIVITY = {
     "building_wall": 0.92, "window_dark": 0.84, "window_lit": 0.84, "tree_trunk": 0.95, "foliage": 0.97,
     "vehicle_body": 0.88, "vehicle_window": 0.84, "vehicle_engine": 0.9, "vehicle_tyre": 0.95,
     "headlight": 0.9, "ped_head": 0.98, "ped_torso": 0.95, "ped_arm": 0.95, "ped_leg": 0.95, "umbrella": 0.9,
+    "road_vacated": 0.93, "road_shade": 0.93, "road_damp": 0.97,
 }
+_WALL_EMISSIVITY = {"brick": 0.93, "concrete": 0.94, "glass": 0.84}  # a glass facade mirrors the sky
 WET_ROAD_EMISSIVITY = 0.98  # a water film is close to a blackbody in the LWIR
-_HORIZONTAL = {"road", "sidewalk", "grass", "lane_marking", "zebra"}  # these reflect the zenith sky
+_ROAD_KINDS = {"road", "road_vacated", "road_shade", "road_damp"}
+_HORIZONTAL = _ROAD_KINDS | {"sidewalk", "grass", "lane_marking", "zebra"}  # these reflect the zenith sky
 _TORSO_INSULATION = {"t-shirt": 0.85, "jacket": 0.6, "coat": 0.45}  # share of core-air difference kept
+ENGINE_PEAK_K, ENGINE_COOLING_MIN = 30.0, 25.0  # engine bay above body when running; e-folding time off
+TYRE_PEAK_K, TYRE_COOLING_MIN = 15.0, 20.0
+OCCUPIED_CABIN_K = 4.0  # body heat of the occupants warming the cabin glass
+EXERTION_K = {"ped_head": 1.0, "ped_torso": 2.5, "ped_arm": 2.0, "ped_leg": 2.0}
+BUILDING_HEAT_K = 3.0  # heated interior leaking through the walls
+VACATED_PEAK_K, VACATED_FADE_MIN = 6.0, 15.0  # asphalt under a departed vehicle's engine, and its fade
+SHADE_DEFICIT_K = 4.0  # heat the road did not store while it lay in shade earlier
+DAMP_COOLING_K = 3.5  # evaporative cooling of a drying patch
 
 
 def sky_temperature(scene: Scene) -> float:
@@ -57,6 +73,11 @@ def _engine_heat(scene: Scene, owner: int, peak: float, cooling_minutes: float) 
     return peak * float(np.exp(-car.parked_minutes / cooling_minutes))
 
 
+def _road_temperature(scene: Scene, sun: float, damp: float) -> float:
+    # asphalt stores the day's heat and gives it back at night
+    return scene.air_temp_c + damp * (18.0 * sun + 4.0)
+
+
 def _part_temperature(scene: Scene, part: Part) -> float:
     """Kinetic surface temperature of one part, degC."""
     air = scene.air_temp_c
@@ -66,8 +87,15 @@ def _part_temperature(scene: Scene, part: Part) -> float:
     kind = part.kind
     if kind == "sky":
         return sky_temperature(scene)
-    if kind == "road":  # asphalt stores the day's heat and gives it back at night
-        return air + damp * (18.0 * sun + 4.0)
+    if kind == "road":
+        return _road_temperature(scene, sun, damp)
+    if kind == "road_vacated":  # engine heat soaked into the asphalt under a vehicle that has left
+        minutes = scene.road_patches[part.owner].minutes
+        return _road_temperature(scene, sun, damp) + VACATED_PEAK_K * float(np.exp(-minutes / VACATED_FADE_MIN))
+    if kind == "road_shade":
+        return _road_temperature(scene, sun, damp) - damp * SHADE_DEFICIT_K
+    if kind == "road_damp":
+        return _road_temperature(scene, sun, damp) - DAMP_COOLING_K
     if kind == "sidewalk":
         return air + damp * (12.0 * sun + 2.5)
     if kind in ("lane_marking", "zebra"):  # white paint reflects part of the sun
@@ -78,12 +106,15 @@ def _part_temperature(scene: Scene, part: Part) -> float:
         return air + damp * (2.0 * sun - 1.5)
     if kind == "tree_trunk":
         return air + damp * (3.0 * sun)
-    if kind == "building_wall":  # solar load plus heat leaking from the heated interior
-        return air + damp * (10.0 * sun + 2.0)
-    if kind == "window_dark":
-        return 0.5 * (air + 20.0) + 2.0 * sun
-    if kind == "window_lit":  # occupied, heated rooms
-        return 0.5 * (air + 22.0) + 1.0
+    if kind == "building_wall":  # solar load plus heat leaking from a heated interior
+        heated = scene.buildings[part.owner].heated
+        return air + damp * 10.0 * sun + (BUILDING_HEAT_K if heated else 0.0)
+    if kind in ("window_dark", "window_lit"):  # glass between the room and the street
+        heated = scene.buildings[part.owner].heated
+        lamps = 1.0 if kind == "window_lit" else 0.0
+        if heated:
+            return 0.5 * (air + 21.0) + 2.0 * sun + lamps
+        return air + 2.0 * sun + 0.5 * lamps
     if kind.startswith("vehicle") or kind == "headlight":
         car = scene.vehicles[part.owner]
         darkness = 1.0 - float(np.mean(CAR_COLOURS[car.colour]))
@@ -91,35 +122,38 @@ def _part_temperature(scene: Scene, part: Part) -> float:
         if kind == "vehicle_body":
             return body
         if kind == "vehicle_window":
-            return air + damp * 3.0 * sun
+            return air + damp * 3.0 * sun + (OCCUPIED_CABIN_K if car.occupied else 0.0)
         if kind == "vehicle_engine":
-            return body + _engine_heat(scene, part.owner, peak=30.0, cooling_minutes=25.0)
+            return body + _engine_heat(scene, part.owner, ENGINE_PEAK_K, ENGINE_COOLING_MIN)
         if kind == "vehicle_tyre":  # rolling friction heats tyres; they cool once parked
-            return air + 4.0 * sun + _engine_heat(scene, part.owner, peak=15.0, cooling_minutes=20.0)
+            return air + 4.0 * sun + _engine_heat(scene, part.owner, TYRE_PEAK_K, TYRE_COOLING_MIN)
         if kind == "headlight":
             lamps_on = car.moving and scene.time_of_day in ("dusk", "night")
             return air + 45.0 if lamps_on else body
     if kind.startswith("ped") or kind == "umbrella":
         ped = scene.pedestrians[part.owner]
         insulation = _TORSO_INSULATION[ped.clothing]
+        exertion = EXERTION_K.get(kind, 0.0) if ped.exerted else 0.0
         if kind == "ped_head":
-            return 33.5
+            return 33.5 + exertion
         if kind == "ped_torso":  # core heat, partly held back by clothing
-            return air + (35.0 - air) * insulation + 1.5 * sun
+            return air + (35.0 - air) * insulation + 1.5 * sun + exertion
         if kind == "ped_arm":
             if ped.clothing == "t-shirt":  # bare skin, cooler than the core
-                return 31.0 + 0.1 * (air - 20.0)
-            return air + (31.0 - air) * insulation * 0.85 + 1.5 * sun
+                return 31.0 + 0.1 * (air - 20.0) + exertion
+            return air + (31.0 - air) * insulation * 0.85 + 1.5 * sun + exertion
         if kind == "ped_leg":
-            return air + (30.5 - air) * 0.5 + 1.5 * sun
+            return air + (30.5 - air) * 0.5 + 1.5 * sun + exertion
         if kind == "umbrella":  # thin fabric at air temperature, cooled further by rain
             return air - (2.0 if scene.weather == "rain" else 1.0)
     raise ValueError(f"no thermal model for part kind {kind!r}")
 
 
 def _part_emissivity(scene: Scene, part: Part) -> float:
-    if part.kind == "road" and scene.road_wet:
+    if part.kind in _ROAD_KINDS and scene.road_wet:
         return WET_ROAD_EMISSIVITY
+    if part.kind == "building_wall":
+        return _WALL_EMISSIVITY[scene.buildings[part.owner].material]
     return _EMISSIVITY[part.kind]
 
 

@@ -5,6 +5,13 @@ rasteriser turns it into a part map once, and the RGB and thermal renderers colo
 so the two images are pixel-aligned by construction. Positions are fractions of the image
 (``u`` left to right, ``v`` top to bottom); an object's ``v`` is where it touches the ground, so
 perspective size follows from it.
+
+World v2 separates two kinds of state. *Scene-level* facts (time of day, weather, place, wet road,
+building materials, how many people and vehicles) are what a global caption describes. *Object-level*
+thermal state (how long ago each engine stopped, whether a cabin is occupied, whether a person is
+exerted, whether a building is heated, warm outlines where a vehicle stood, road that lay in shade
+earlier, damp patches drying) is what a fine-grained caption describes; it is sampled from its own
+distributions, independently of time, weather and place, so neither caption follows from the other.
 """
 from dataclasses import dataclass, field
 from typing import List, Tuple
@@ -16,6 +23,17 @@ WEATHERS = ("clear", "overcast", "fog", "rain")
 PLACES = ("street", "highway", "crossing", "campus")
 CLOTHING = ("t-shirt", "jacket", "coat")
 VEHICLE_KINDS = ("car", "van", "bus")
+MATERIALS = ("brick", "concrete", "glass")  # building facades (a global, scene-level fact)
+ROAD_PATCH_KINDS = ("vacated", "shade", "damp")  # see RoadPatch
+
+# Object-state probabilities, the same for every time, weather and place (world v2).
+P_ENGINE_RUNNING = 0.3
+ENGINE_OFF_MINUTES = (1.0, 150.0)  # log-uniform range of minutes since a stopped engine was switched off
+P_OCCUPIED = 0.5
+P_EXERTED = 0.4
+P_HEATED = 0.5
+P_ROAD_PATCH = {"vacated": 0.35, "shade": 0.35, "damp": 0.3}
+VACATED_MINUTES = (1.0, 40.0)  # uniform range of minutes since the vehicle left its spot
 
 # Named colours shared by the RGB renderer and the RGB captions (sRGB, 0-1).
 CAR_COLOURS = {
@@ -40,6 +58,7 @@ class Pedestrian:
     colour: str = "blue"  # key of CLOTHING_COLOURS (top)
     umbrella: bool = False
     umbrella_colour: str = "black"  # key of UMBRELLA_COLOURS
+    exerted: bool = False  # just ran or cycled: warmer skin and clothing surface
 
 
 @dataclass
@@ -48,9 +67,10 @@ class Vehicle:
     v: float  # wheels on the ground
     kind: str = "car"  # one of VEHICLE_KINDS
     colour: str = "red"  # key of CAR_COLOURS
-    moving: bool = True
+    moving: bool = True  # engine running (driving or idling); otherwise switched off
     facing_right: bool = True  # the engine sits at the front
-    parked_minutes: float = 0.0  # time since the engine stopped (parked vehicles only)
+    parked_minutes: float = 0.0  # minutes since the engine was switched off (engines not running only)
+    occupied: bool = False  # people inside warm the cabin and its glass
 
 
 @dataclass
@@ -63,6 +83,8 @@ class Building:
     window_cols: int = 3
     lit_fraction: float = 0.0  # share of windows lit from inside (night / dusk)
     lit_seed: int = 0  # which windows are lit
+    heated: bool = True  # heated interior leaking through walls and windows (independent of lit windows)
+    material: str = "brick"  # one of MATERIALS; glass facades mirror the cold sky
 
 
 @dataclass
@@ -70,6 +92,18 @@ class Tree:
     u: float  # trunk centre
     v: float  # trunk base on the ground
     crown: float = 1.0  # relative crown size
+
+
+@dataclass
+class RoadPatch:
+    """A region of road whose temperature remembers the past."""
+
+    kind: str  # "vacated": a vehicle stood here and left; "shade": shaded earlier; "damp": drying
+    u: float  # horizontal centre
+    v: float  # row of the patch centre
+    width: float  # as a fraction of the road width at that row
+    height: float  # as a fraction of the ground below the horizon
+    minutes: float = 0.0  # "vacated" only: minutes since the vehicle left
 
 
 @dataclass
@@ -88,6 +122,7 @@ class Scene:
     vehicles: List[Vehicle] = field(default_factory=list)
     buildings: List[Building] = field(default_factory=list)
     trees: List[Tree] = field(default_factory=list)
+    road_patches: List[RoadPatch] = field(default_factory=list)
     texture_seed: int = 0  # seeds surface texture and sensor noise of this scene
 
 
@@ -118,49 +153,56 @@ def road_half_width_at(scene: Scene, v: float) -> float:
 
 
 def _sample_buildings(rng, place, horizon, time_of_day) -> List[Building]:
-    count = {"street": (2, 5), "crossing": (2, 5), "campus": (1, 3), "highway": (0, 2)}[place]
+    count = {"street": (1, 3), "crossing": (1, 3), "campus": (0, 3), "highway": (0, 2)}[place]
     lit = {"day": 0.0, "dusk": 0.35, "night": 0.6}[time_of_day]
     buildings = []
-    for side in range(int(rng.integers(*count))):
-        width = float(rng.uniform(0.12, 0.3))
+    for side in range(int(rng.integers(count[0], count[1] + 1))):
+        width = float(rng.uniform(0.22, 0.38))
         left_side = side % 2 == 0
-        u0 = float(rng.uniform(-0.05, 0.3 - width / 2)) if left_side else float(rng.uniform(0.6, 1.0 - width / 2))
+        u0 = float(rng.uniform(-0.1, 0.2)) if left_side else float(rng.uniform(0.62, 1.0 - width / 2))
         tone = rng.uniform(0.35, 0.8)
         tint = rng.uniform(-0.08, 0.08, size=3)
         buildings.append(Building(
-            u0=u0, u1=u0 + width, top=float(rng.uniform(0.05, horizon - 0.12)),
+            u0=u0, u1=u0 + width, top=float(rng.uniform(0.03, horizon - 0.15)),
             colour=tuple(float(np.clip(tone + t, 0, 1)) for t in tint),
-            window_rows=int(rng.integers(2, 6)), window_cols=int(rng.integers(2, 5)),
+            window_rows=int(rng.integers(2, 4)), window_cols=int(rng.integers(2, 4)),
             lit_fraction=float(np.clip(lit + rng.normal(0, 0.1), 0, 1)) if lit else 0.0,
-            lit_seed=int(rng.integers(1 << 30))))
+            lit_seed=int(rng.integers(1 << 30)),
+            heated=bool(rng.random() < P_HEATED), material=str(rng.choice(MATERIALS))))
     return buildings
 
 
 def _ground_v(rng, horizon) -> float:
-    # Keep objects out of the last stretch before the horizon, where they would be sub-pixel.
-    return float(rng.uniform(horizon + 0.2 * (1 - horizon), 0.97))
+    # Objects stand in the near half of the ground, so their parts span several 8 x 8 patches at 64 px.
+    return float(rng.uniform(horizon + 0.55 * (1 - horizon), 0.98))
+
+
+def _engine_state(rng) -> Tuple[bool, float]:
+    """(running, minutes since switched off): the same distribution everywhere, at any time."""
+    if rng.random() < P_ENGINE_RUNNING:
+        return True, 0.0
+    low, high = np.log(ENGINE_OFF_MINUTES[0]), np.log(ENGINE_OFF_MINUTES[1])
+    return False, float(np.exp(rng.uniform(low, high)))
 
 
 def _sample_vehicles(rng, scene: Scene) -> List[Vehicle]:
-    n_max = {"street": 3, "highway": 4, "crossing": 3, "campus": 1}[scene.place]
+    n_max = {"street": 2, "highway": 2, "crossing": 2, "campus": 1}[scene.place]
     vehicles = []
     for _ in range(int(rng.integers(0, n_max + 1))):
         v = _ground_v(rng, scene.horizon)
         half = road_half_width_at(scene, v)
-        # Parking happens at the kerb on streets and campus; highways have no parked vehicles.
-        moving = True if scene.place == "highway" else bool(rng.random() < 0.6)
-        offset = rng.uniform(-0.8, 0.8) * half if moving else rng.choice([-1, 1]) * half * 0.9
+        running, minutes = _engine_state(rng)
         kinds = ["car"] * 6 + ["van"] * 2 + (["bus"] if scene.place != "campus" else [])
         vehicles.append(Vehicle(
-            u=float(scene.road_centre + offset), v=v, kind=str(rng.choice(kinds)),
-            colour=str(rng.choice(list(CAR_COLOURS))), moving=moving,
-            facing_right=bool(rng.random() < 0.5),
-            parked_minutes=0.0 if moving else float(rng.uniform(10, 240))))
+            u=float(scene.road_centre + rng.uniform(-0.6, 0.6) * half), v=v, kind=str(rng.choice(kinds)),
+            colour=str(rng.choice(list(CAR_COLOURS))), moving=running,
+            facing_right=bool(rng.random() < 0.5), parked_minutes=minutes,
+            occupied=bool(rng.random() < P_OCCUPIED)))
     return vehicles
 
 
 def _sample_pedestrians(rng, scene: Scene) -> List[Pedestrian]:
-    n_max = {"street": 4, "highway": 0, "crossing": 5, "campus": 5}[scene.place]
+    n_max = {"street": 3, "highway": 0, "crossing": 3, "campus": 3}[scene.place]
     umbrella_p = {"rain": 0.7, "overcast": 0.1}.get(scene.weather, 0.03)
     pedestrians = []
     for _ in range(int(rng.integers(0, n_max + 1))):
@@ -169,16 +211,16 @@ def _sample_pedestrians(rng, scene: Scene) -> List[Pedestrian]:
         if scene.place == "crossing" and rng.random() < 0.6:
             u = scene.road_centre + rng.uniform(-1, 1) * half  # walking across the road
         else:
-            u = scene.road_centre + rng.choice([-1, 1]) * (half + rng.uniform(0.03, 0.25))
+            u = scene.road_centre + rng.choice([-1, 1]) * (half + rng.uniform(0.03, 0.2))
         pedestrians.append(Pedestrian(
-            u=float(u), v=v, clothing=_clothing_for(rng, scene.air_temp_c),
+            u=float(np.clip(u, 0.05, 0.95)), v=v, clothing=_clothing_for(rng, scene.air_temp_c),
             colour=str(rng.choice(list(CLOTHING_COLOURS))), umbrella=bool(rng.random() < umbrella_p),
-            umbrella_colour=str(rng.choice(list(UMBRELLA_COLOURS)))))
+            umbrella_colour=str(rng.choice(list(UMBRELLA_COLOURS))), exerted=bool(rng.random() < P_EXERTED)))
     return pedestrians
 
 
 def _sample_trees(rng, scene: Scene) -> List[Tree]:
-    n_range = {"street": (0, 3), "highway": (1, 5), "crossing": (0, 2), "campus": (2, 6)}[scene.place]
+    n_range = {"street": (0, 2), "highway": (1, 3), "crossing": (0, 2), "campus": (1, 4)}[scene.place]
     trees = []
     for _ in range(int(rng.integers(*n_range))):
         v = float(rng.uniform(scene.horizon + 0.02, scene.horizon + 0.3 * (1 - scene.horizon)))
@@ -186,6 +228,21 @@ def _sample_trees(rng, scene: Scene) -> List[Tree]:
         u = scene.road_centre + rng.choice([-1, 1]) * (half + rng.uniform(0.05, 0.4))
         trees.append(Tree(u=float(u), v=v, crown=float(rng.uniform(0.7, 1.3))))
     return trees
+
+
+def _sample_road_patches(rng, scene: Scene) -> List[RoadPatch]:
+    """At most one patch of each kind; present or not independently of time, weather and place."""
+    patches = []
+    for kind in ROAD_PATCH_KINDS:
+        if rng.random() >= P_ROAD_PATCH[kind]:
+            continue
+        v = float(rng.uniform(scene.horizon + 0.45 * (1 - scene.horizon), 0.93))
+        width = {"vacated": 0.45, "shade": 0.5, "damp": 0.4}[kind] * float(rng.uniform(0.8, 1.2))
+        u = scene.road_centre + float(rng.uniform(-0.5, 0.5)) * road_half_width_at(scene, v)
+        minutes = float(rng.uniform(*VACATED_MINUTES)) if kind == "vacated" else 0.0
+        patches.append(RoadPatch(kind=kind, u=float(u), v=v, width=width,
+                                 height=float(rng.uniform(0.12, 0.2)), minutes=minutes))
+    return patches
 
 
 def sample_scene(rng: np.random.Generator) -> Scene:
@@ -211,6 +268,7 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     scene.trees = _sample_trees(rng, scene)
     scene.vehicles = sorted(_sample_vehicles(rng, scene), key=lambda o: o.v)
     scene.pedestrians = sorted(_sample_pedestrians(rng, scene), key=lambda o: o.v)
+    scene.road_patches = _sample_road_patches(rng, scene)
     return scene
 
 
