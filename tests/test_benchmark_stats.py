@@ -7,9 +7,10 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from open_clip_thermal.evaluation.fused import _local_fuse, fuse_branches
+from open_clip_thermal.evaluation.fused import fuse_branches
 from open_clip_thermal.evaluation.geometry import mean_feature_angle, mean_intra_group_cosine
 from open_clip_thermal.evaluation.stats import benjamini_hochberg, matched_pair_cosine, pairwise_welch_tests
+from open_clip_thermal.model import fuse_features
 
 
 def test_bh_by_hand():
@@ -72,14 +73,15 @@ def test_fusion_formulas(lam):
     generator = torch.Generator().manual_seed(3)
     image = {b: torch.nn.functional.normalize(torch.randn(5, 8, generator=generator), dim=-1) for b in ("global", "fine_grained")}
     text = {b: torch.nn.functional.normalize(torch.randn(5, 8, generator=generator), dim=-1) for b in ("global", "fine_grained")}
-    fused = _local_fuse(image, lam, "feature")
+    fused = fuse_branches(image, lam, "feature")
     want = torch.nn.functional.normalize(lam * image["global"] + (1 - lam) * image["fine_grained"], dim=-1)
-    assert torch.allclose(fused, want)
-    score_i, score_t = _local_fuse(image, lam, "score"), _local_fuse(text, lam, "score")
+    assert torch.allclose(fused, want, atol=1e-6)
+    score_i, score_t = fuse_branches(image, lam, "score"), fuse_branches(text, lam, "score")
     assert torch.allclose(score_i.norm(dim=-1), torch.ones(5))
     weighted = lam * image["global"] @ text["global"].T + (1 - lam) * image["fine_grained"] @ text["fine_grained"].T
     assert torch.allclose(score_i @ score_t.T, weighted, atol=1e-6)
-    # Whatever implementation is active must agree with the formulas.
-    assert torch.allclose(fuse_branches(image, lam, "feature"), fused, atol=1e-6)
+    # The benchmark fuses with the model's rule: one definition.
+    for mode in ("feature", "score"):
+        assert torch.equal(fuse_branches(image, lam, mode), fuse_features(image, lam, mode))
     with pytest.raises(ValueError, match="unknown fusion mode"):
         fuse_branches(image, lam, "sum")
