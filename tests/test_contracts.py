@@ -69,7 +69,7 @@ def test_one_shard_url_expansion():
     from open_clip_thermal.evaluation import shard_reader as shards
     from open_clip_thermal.data import loader, sources
     assert loader.expand_urls is sources.expand_urls
-    assert shards._expand_shard_urls is sources.expand_urls
+    assert shards.sources is sources  # shard_reader.expand_urls only rewords sources.expand_urls' errors
     with pytest.raises(sources.ShardListError) as error:
         sources.expand_urls("::")
     assert isinstance(error.value, ValueError) and error.value.problem == "empty"

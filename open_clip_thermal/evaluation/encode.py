@@ -8,10 +8,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import torch
 from tqdm import tqdm
 
+from ..contracts import CAPTION_FIELDS
+from ..data.decode import ThermalNorm
 from .cache import EmbeddingCache, cache_key, hash_state_dict
 from .errors import BenchmarkError
-from ..data.decode import ThermalNorm
-from .shard_reader import CAPTION_FIELDS, SampleIndex, iter_image_batches
+from .shard_reader import SampleIndex, iter_image_batches
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,17 @@ def _batches(n: int, batch_size: int) -> Iterable[slice]:
     return (slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size))
 
 
+def _append_features(chunks: Dict[Optional[str], List[torch.Tensor]], model, what: str, inputs: torch.Tensor) -> None:
+    """Encode one batch of ``what`` (``image`` | ``text``) for each branch in ``chunks`` (None: the whole model)."""
+    named = tuple(b for b in chunks if b is not None)
+    if named:
+        feats = getattr(model, f"branch_{what}_features")(inputs, branch=named, normalize=True)
+        for b in named:
+            chunks[b].append(feats[b].float().cpu())
+    if None in chunks:
+        chunks[None].append(getattr(model, f"encode_{what}")(inputs, normalize=True).float().cpu())
+
+
 def _encode_images(model, branches: Sequence[Optional[str]], urls, preprocess, index: SampleIndex,
                    batch_size: int, device, label: str, norm: Optional[ThermalNorm] = None) -> Dict[Optional[str], torch.Tensor]:
     chunks: Dict[Optional[str], List[torch.Tensor]] = {b: [] for b in branches}
@@ -115,29 +127,15 @@ def _encode_images(model, branches: Sequence[Optional[str]], urls, preprocess, i
         if keys != index.keys[seen:seen + len(keys)]:
             raise BenchmarkError(f"shards changed while reading: expected key {index.keys[seen]!r}, got {keys[0]!r}")
         seen += len(keys)
-        images = images.to(device)
-        named = [b for b in branches if b is not None]
-        if named:
-            feats = model.branch_image_features(images, branch=tuple(named), normalize=True)
-            for b in named:
-                chunks[b].append(feats[b].float().cpu())
-        if None in branches:
-            chunks[None].append(model.encode_image(images, normalize=True).float().cpu())
+        _append_features(chunks, model, "image", images.to(device))
     return {b: torch.cat(c) for b, c in chunks.items()}
 
 
 def _encode_texts(model, tokenizer, branches: Sequence[Optional[str]], captions: List[str],
                   batch_size: int, device, label: str) -> Dict[Optional[str], torch.Tensor]:
     chunks: Dict[Optional[str], List[torch.Tensor]] = {b: [] for b in branches}
-    named = [b for b in branches if b is not None]
     for part in tqdm(list(_batches(len(captions), batch_size)), desc=f"texts {label}", unit="batch", leave=False):
-        tokens = tokenizer(captions[part]).to(device)
-        if named:
-            feats = model.branch_text_features(tokens, branch=tuple(named), normalize=True)
-            for b in named:
-                chunks[b].append(feats[b].float().cpu())
-        if None in branches:
-            chunks[None].append(model.encode_text(tokens, normalize=True).float().cpu())
+        _append_features(chunks, model, "text", tokenizer(captions[part]).to(device))
     return {b: torch.cat(c) for b, c in chunks.items()}
 
 

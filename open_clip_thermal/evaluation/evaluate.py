@@ -5,10 +5,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .fused import FUSION_MODES, fuse_branches
+from ..contracts import FINE_GRAINED, FUSION_FEATURE, FUSION_MODES, FUSION_SCORE, GLOBAL
+from .fused import fuse_branches
 from .geometry import mean_feature_angle, mean_intra_group_cosine
 from .retrieval import caption_groups, chance_recalls, retrieval_recalls
-from .shard_reader import FINE_GRAINED, GLOBAL
 from .stats import matched_pair_cosine, pairwise_welch_tests
 from .variants import REFERENCE_KIND, Row
 
@@ -16,7 +16,7 @@ DIRECTIONS = ("image_to_text", "text_to_image")
 Embeddings = Mapping[Tuple[Optional[str], str], torch.Tensor]
 
 
-def row_features(row: Row, embeddings: Embeddings, lam: float, mode: str = "feature") -> Tuple[torch.Tensor, torch.Tensor]:
+def row_features(row: Row, embeddings: Embeddings, lam: float, mode: str = FUSION_FEATURE) -> Tuple[torch.Tensor, torch.Tensor]:
     """Paired (image, text) features of one row for one seed; fused rows fuse cached branch features."""
     if not row.fused:
         return embeddings[(None, "image")], embeddings[(None, row.captions[0])]
@@ -126,16 +126,16 @@ def evaluate(rows: Sequence[Row], embeddings: Mapping[str, Sequence[Embeddings]]
     table, fusion_modes, sweeps, cosines = [], [], {}, {}
     for row in tqdm(rows, desc="retrieval", unit="row", leave=False):
         seeds = embeddings[row.variant]
-        summary = _row_recalls(row, seeds, lam, "feature", ks, groups, options)
+        summary = _row_recalls(row, seeds, lam, FUSION_FEATURE, ks, groups, options)
         pair_cos = np.mean([matched_pair_cosine(*row_features(row, emb, lam)) for emb in seeds], axis=0)
         cosines[row.label] = pair_cos
         table.append({"label": row.label, "variant": row.variant, "kind": row.kind, "captions": list(row.captions),
-                      "fusion": "feature" if row.fused else None, "lam": lam if row.fused else None,
+                      "fusion": FUSION_FEATURE if row.fused else None, "lam": lam if row.fused else None,
                       "n_seeds": len(seeds), "recall": summary, "mean_recall": mean_recall(summary),
                       "clip_benchmark": clip_benchmark_keys(summary)})
         if row.fused:
-            by_mode = {"feature": summary}
-            by_mode["score"] = _row_recalls(row, seeds, lam, "score", ks, groups, options)
+            by_mode = {FUSION_FEATURE: summary}
+            by_mode[FUSION_SCORE] = _row_recalls(row, seeds, lam, FUSION_SCORE, ks, groups, options)
             fusion_modes.append({"label": row.label, "lam": lam,
                                  "modes": {m: {"recall": s, "mean_recall": mean_recall(s)} for m, s in by_mode.items()}})
         if row.kind == "tclip-dual" and lambdas:

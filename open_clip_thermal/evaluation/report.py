@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
+from ..contracts import FUSION_FEATURE, FUSION_MODES, FUSION_SCORE
 from .evaluate import DIRECTIONS
 
 _ARROWS = {"image_to_text": "I→T", "text_to_image": "T→I"}
@@ -58,10 +59,11 @@ def render_markdown(results: Mapping) -> str:
     for label, sweep in results["lambda_sweep"].items():
         out += ["", f"## λ sweep: {label}", "",
                 "Mean recall over both directions and all K, in %. Best λ: "
-                + ", ".join(f"{m} {sweep[m]['best_lambda']:g}" for m in ("feature", "score")), ""]
-        body = [[f"{lam:g}", f"{100 * sweep['feature']['mean_recall'][i]:.2f}", f"{100 * sweep['score']['mean_recall'][i]:.2f}"]
+                + ", ".join(f"{m} {sweep[m]['best_lambda']:g}" for m in FUSION_MODES), ""]
+        body = [[f"{lam:g}", f"{100 * sweep[FUSION_FEATURE]['mean_recall'][i]:.2f}",
+                 f"{100 * sweep[FUSION_SCORE]['mean_recall'][i]:.2f}"]
                 for i, lam in enumerate(sweep["lambdas"])]
-        out += _table(["λ", "feature", "score"], body)
+        out += _table(["λ", FUSION_FEATURE, FUSION_SCORE], body)
     gap = results["thermal_gap"]
     out += ["", "## Thermal perception gap (matched-pair image–text cosine)", ""]
     out += _table(["Method", "mean cosine", "std", "n"],
@@ -96,7 +98,7 @@ def plot_lambda_sweep(sweep: Mapping, label: str, path: Path) -> Path:
     matplotlib.use("Agg")  # files only; no display on GPU nodes
     import matplotlib.pyplot as plt
     figure, axis = plt.subplots(figsize=(5, 3.5))
-    for mode, style in (("feature", "o-"), ("score", "s--")):
+    for mode, style in ((FUSION_FEATURE, "o-"), (FUSION_SCORE, "s--")):
         values = [100 * v for v in sweep[mode]["mean_recall"]]
         axis.plot(sweep["lambdas"], values, style, label=f"{mode} (best λ={sweep[mode]['best_lambda']:g})")
     axis.set_xlabel("λ (weight of the global branch)")

@@ -19,8 +19,8 @@ from ..contracts import CAPTION_FIELDS, FINE_GRAINED, GLOBAL, METADATA_KEY
 from ..contracts import THERMAL_EXTENSIONS as IMAGE_EXTENSIONS
 from ..data.decode import ThermalNorm, decode_with, thermal_to_pil
 from ..data.shard_writer import SHARD_NAME
+from ..data import sources
 from ..data.sources import ShardListError, ShardReadError, open_url, read_tar_files
-from ..data.sources import expand_urls as _expand_shard_urls
 from .errors import BenchmarkError
 
 
@@ -46,7 +46,7 @@ def expand_urls(spec: Union[str, Sequence[str]]) -> List[str]:
     :func:`open_clip_thermal.data.sources.expand_urls` (the training loader's); this wraps its error.
     """
     try:
-        return _expand_shard_urls(spec, split_items=True, check_exists=True)
+        return sources.expand_urls(spec, split_items=True, check_exists=True)
     except ShardListError as error:
         if error.problem == "empty":
             raise BenchmarkError(f"no shards in --data {spec!r}: the shard list is empty") from None

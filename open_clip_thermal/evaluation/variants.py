@@ -149,11 +149,9 @@ def check_spec(spec: VariantSpec) -> None:
     """
     import open_clip
     known = set(open_clip.list_models())
-    try:  # baselines whose architecture is recorded in their weights folder ('clip-adapter')
-        from open_clip_thermal.baselines import list_baseline_models
-        known.update(list_baseline_models())
-    except ImportError:
-        pass
+    # baselines whose architecture is recorded in their weights folder ('clip-adapter')
+    from open_clip_thermal.baselines import list_baseline_models
+    known.update(list_baseline_models())
     if not spec.model.startswith(("hf-hub:", "local-dir:")) and spec.model not in known:
         raise BenchmarkError(f"variant {spec.name}: unknown model {spec.model!r} "
                              "(not an OpenCLIP, T-CLIP or baseline model name; see open_clip.list_models() "
