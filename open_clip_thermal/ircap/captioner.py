@@ -5,20 +5,19 @@ pair's ``id``/``image``/``rgb``/``split``/``dataset``/``meta``) plus an ``ircap`
 """
 import base64
 import mimetypes
-import os
 import time
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional
 
 import fsspec
 
+from ..contracts import ANNOTATION_CAPTION_FIELDS, BRANCHES
 from ..data.annotations import UnsafePathError, resolve_annotation_path
 from .client import AuthenticationError, CaptionRequestError, ChatCompletionsClient, Completion
-from .prompts import CAPTION_KINDS, PromptSet, caption_messages, fix_messages
+from .prompts import PromptSet, caption_messages, fix_messages
 from .quality import RGBHallucinationLint
 from .records import PASSTHROUGH_FIELDS
 
-OUTPUT_FIELD = {"global": "global_caption", "fine_grained": "fg_caption"}  # docs/contracts.md
 RECORD_FORMAT = 1  # bump when the ``ircap`` provenance object changes shape
 
 
@@ -37,15 +36,6 @@ class CaptionFailure(Exception):
         self.attempts = attempts
         self.auth = auth
         self.sent = sent
-
-
-def resolve_path(path: str, root: Optional[str]) -> str:
-    """``path`` joined to ``root`` unless it is absolute or a URL (``s3://``, ``http://``...)."""
-    if "://" in path or os.path.isabs(path) or not root:
-        return path
-    if "://" in root:
-        return root.rstrip("/") + "/" + path
-    return os.path.join(root, path)
 
 
 def image_data_url(path: str) -> str:
@@ -113,7 +103,7 @@ class Captioner:
                 raise CaptionFailure("input", f"refused RGB path: {exc} (--allow-outside-root "
                                               "reads it anyway)") from None
         else:
-            path = resolve_path(pair["rgb"], None)
+            path = pair["rgb"]  # no root: read as written (local path or fsspec URL)
         try:
             return image_data_url(path)
         except (OSError, ValueError) as exc:
@@ -168,20 +158,20 @@ class Captioner:
         data_url = self.load_rgb(pair)
         record = {f: pair[f] for f in PASSTHROUGH_FIELDS if f in pair}
         requests: Dict[str, dict] = {}
-        for kind in CAPTION_KINDS:
+        for kind in BRANCHES:
             messages = caption_messages(self.prompts.for_kind(kind).text, data_url)
             completion = self._ask(kind, messages, should_stop)
             info = _request_info(completion)
             text = clean_caption(completion.text)
             if self.fix_hallucinations:
                 text = self._fix(messages, text, info, should_stop)
-            record[OUTPUT_FIELD[kind]] = text
+            record[ANNOTATION_CAPTION_FIELDS[kind]] = text
             requests[kind] = info
         record["ircap"] = {
             "format": RECORD_FORMAT,
             "model": self.client.model,
             "server": self.client.server,
-            "prompts": {k: self.prompts.for_kind(k).version for k in CAPTION_KINDS},
+            "prompts": {k: self.prompts.for_kind(k).version for k in BRANCHES},
             "requests": requests,
             "attempts": sum(r["attempts"] for r in requests.values()),
             "seconds": round(time.monotonic() - start, 3),

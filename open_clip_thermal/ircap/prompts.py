@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-PROMPT_NAMES = ("global", "fine_grained", "fix_hallucination")
-CAPTION_KINDS = ("global", "fine_grained")  # the two captions every record needs
+from ..contracts import BRANCHES, FINE_GRAINED, GLOBAL
+
+FIX_PROMPT = "fix_hallucination"
+# One prompt per caption kind (the branch names: the two captions every record needs) + the re-ask.
+PROMPT_NAMES = BRANCHES + (FIX_PROMPT,)
 SHIPPED_PROMPT_DIR = Path(__file__).parent / "prompts"
 
 
@@ -70,11 +73,11 @@ class PromptSet:
 
     def for_kind(self, kind: str) -> PromptTemplate:
         """Prompt for a caption kind (``global`` or ``fine_grained``)."""
-        if kind == "global":
+        if kind == GLOBAL:
             return self.global_
-        if kind == "fine_grained":
+        if kind == FINE_GRAINED:
             return self.fine_grained
-        raise ValueError(f"unknown caption kind {kind!r}; expected one of {CAPTION_KINDS}")
+        raise ValueError(f"unknown caption kind {kind!r}; expected one of {BRANCHES}")
 
     def versions(self) -> Dict[str, str]:
         """Version string of each prompt, keyed by prompt name."""
@@ -111,8 +114,8 @@ def load_prompt_set(override_dir: Optional[Union[str, Path]] = None) -> PromptSe
     for name in PROMPT_NAMES:
         if name not in chosen:
             chosen[name] = load_prompt(SHIPPED_PROMPT_DIR / f"{name}.txt", name)
-    return PromptSet(global_=chosen["global"], fine_grained=chosen["fine_grained"],
-                     fix_hallucination=chosen["fix_hallucination"])
+    return PromptSet(global_=chosen[GLOBAL], fine_grained=chosen[FINE_GRAINED],
+                     fix_hallucination=chosen[FIX_PROMPT])
 
 
 def caption_messages(prompt_text: str, image_data_url: str) -> List[dict]:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Pattern, Sequence, Tuple, Union
 
+from ..contracts import BRANCHES
+
 LEXICON_DIR = Path(__file__).parent / "lexicons"
 
 
@@ -117,7 +119,7 @@ class CoverageLexicon:
             ``fine_grained``; defaults to the shipped ``lexicons/coverage.json``.
     """
 
-    KINDS = ("global", "fine_grained")
+    KINDS = BRANCHES  # the caption kinds are the branch names
 
     def __init__(self, lexicon_path: Optional[Union[str, Path]] = None):
         self.lexicon_path = Path(lexicon_path or LEXICON_DIR / "coverage.json")

@@ -9,21 +9,21 @@ from collections import Counter
 from pathlib import Path
 from typing import List, Optional, Union
 
+from ..contracts import ANNOTATION_CAPTION_FIELDS, BRANCHES, FINE_GRAINED, GLOBAL
 from ..text_stats import caption_token_stats
-from .captioner import OUTPUT_FIELD
 from .quality import CoverageLexicon, RGBHallucinationLint, lint_summary
 from .records import iter_jsonl
 
 # Coverage the T-CLIP paper reports for its IR-Cap captions (fractions); None = not reported.
 PAPER_COVERAGE = {
-    "global": {"illumination": 0.99, "time_of_day": 0.75, "weather": 0.65, "materials": None},
-    "fine_grained": {"heat_signatures": 1.00, "thermal_phenomena": 0.97},
+    GLOBAL: {"illumination": 0.99, "time_of_day": 0.75, "weather": 0.65, "materials": None},
+    FINE_GRAINED: {"heat_signatures": 1.00, "thermal_phenomena": 0.97},
 }
 CAPTION_PREFIX = "infrared thermal"
 
 
 def _captions(records: List[dict], kind: str) -> List[tuple]:
-    field = OUTPUT_FIELD[kind]
+    field = ANNOTATION_CAPTION_FIELDS[kind]
     return [(str(r.get("id")), r[field]) for r in records if isinstance(r.get(field), str)]
 
 
@@ -90,13 +90,13 @@ def build_report(captions_path: Union[str, Path], errors_path: Optional[Union[st
         errors = list(iter_jsonl(errors_path))
         report["errors"] = {"count": len(errors),
                             "by_stage": dict(Counter(str(e.get("stage")) for e in errors))}
-    for kind in ("global", "fine_grained"):
+    for kind in BRANCHES:
         pairs = _captions(records, kind)
         texts = [c for _, c in pairs]
         ours = lexicon.coverage(texts, kind)
         prefixed = sum(c.lower().startswith(CAPTION_PREFIX) for c in texts)
         report["kinds"][kind] = {
-            "field": OUTPUT_FIELD[kind],
+            "field": ANNOTATION_CAPTION_FIELDS[kind],
             "count": len(texts),
             "lint": lint_summary(lint, pairs),
             "fixes": _fix_summary(records, kind),

@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Sequence
 
+from ..contracts import FINE_GRAINED, GLOBAL
 from ..ircap.prompts import PromptSet, load_prompt_set
 
 FAULTS = ("500", "429", "hang", "malformed", "empty", "400", "401", "403", "hallucinate",
@@ -30,11 +31,11 @@ def image_key(image_bytes: bytes) -> str:
 
 def expected_caption(item: str, kind: str) -> str:
     """The caption the server returns for ``item`` and ``kind`` when no fault applies."""
-    if kind == "global":
+    if kind == GLOBAL:
         return (f"infrared thermal image of a street scene {item} at night under an overcast sky; "
                 "the asphalt releases heat stored during the day while street lights do not "
                 "change the heat distribution.")
-    if kind == "fine_grained":
+    if kind == FINE_GRAINED:
         return (f"infrared thermal view of {item}: pedestrians show warm body heat on faces and "
                 "hands, a moving car has a hot engine and warm tyres, and lane markings appear "
                 "cooler than the asphalt because of their lower emissivity.")
@@ -145,9 +146,9 @@ class MockChatServer:
         if len(messages) > 1:
             kind = "fix"
         elif text == self.prompts.global_.text:
-            kind = "global"
+            kind = GLOBAL
         elif text == self.prompts.fine_grained.text:
-            kind = "fine_grained"
+            kind = FINE_GRAINED
         else:
             kind = "unknown"
         return item, kind
