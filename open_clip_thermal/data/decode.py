@@ -33,16 +33,20 @@ Rules:
 """
 import io
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:  # annotations only: the converter uses this module without torch
+    import torch
 
 NORM_MODES = ("percentile", "minmax", "fixed")
 NON_FINITE_VALUE = 0.0  # what NaN / inf pixels of a float frame become after normalisation
 
 _EIGHT_BIT_MODES = {"1", "L", "LA"}
-_COLOUR_MODES = {"RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
+# PIL modes with colour channels; a thermal frame in one of these is grey-replicated or false-colour.
+COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S"}
 
 
@@ -64,7 +68,7 @@ def _open_array(data: bytes, ext: str) -> Tuple[np.ndarray, bool]:
         mode = image.mode
         if mode in _EIGHT_BIT_MODES:
             return np.asarray(image.convert("L")), True
-        if mode in _COLOUR_MODES:
+        if mode in COLOUR_MODES:
             return np.asarray(image.convert("RGB").convert("L")), True
         if mode in _HIGH_DEPTH_MODES:
             return np.asarray(image), False

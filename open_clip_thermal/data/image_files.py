@@ -9,10 +9,8 @@ import numpy as np
 from PIL import Image
 
 from ..contracts import STANDARD_EXTENSIONS  # PIL format -> extension stored in the shard
-from .decode import FALSE_COLOUR_FRACTION, chroma_fraction
+from .decode import COLOUR_MODES, FALSE_COLOUR_FRACTION, chroma_fraction
 
-# PIL modes with colour channels; a thermal frame in one of these is grey-replicated or false-colour.
-COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
 CHROMA_CHECK_SIZE = 256  # colour frames are checked on a copy at most this many pixels wide/high
 
 
@@ -46,16 +44,6 @@ class ImageInfo:
 
 def _is_url(path: str) -> bool:
     return "://" in path
-
-
-def resolve_path(path: str, image_root: Optional[str], allow_outside: bool = False) -> str:
-    """The path to read for an annotation path: ``annotations.resolve_annotation_path`` (the one rule).
-
-    Raises:
-        UnsafePathError: the path leads outside ``image_root`` (unless ``allow_outside``) or has a NUL byte.
-    """
-    from .annotations import resolve_annotation_path
-    return resolve_annotation_path(path, image_root, allow_outside)
 
 
 def _open(path: str):

@@ -23,7 +23,6 @@ import torch
 import webdataset as wds
 from open_clip_train.data import DataInfo, SharedEpoch
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys
 
 from ..contracts import FG_CAPTION_KEY, FINE_GRAINED, GLOBAL, GLOBAL_CAPTION_KEY, METADATA_KEY, MIXED, THERMAL_EXTENSIONS
@@ -161,7 +160,9 @@ tar_samples = wds.pipelinefilter(_tar_samples)
 def _seeded_shuffle(data: Iterator, bufsize: int, seed: int, epoch: EpochLike, rank: int) -> Iterator:
     worker, _ = _worker()
     rng = random.Random(f"{seed}:{_epoch_value(epoch)}:{rank}:{worker}")
-    yield from _shuffle(data, bufsize, min(bufsize, 100), rng)
+    # webdataset's public shuffle stage (its _shuffle with our rng), not detshuffle: that seeds
+    # with seed + epoch only, so every rank and worker would draw the same order.
+    yield from wds.shuffle(bufsize, min(bufsize, 100), rng=rng)(data)
 
 
 seeded_shuffle = wds.pipelinefilter(_seeded_shuffle)
@@ -275,7 +276,7 @@ def resolve_norm(thermal_norm: Union[str, ThermalNorm], norm_kwargs: Optional[Di
 
 
 def make_thermal_dataset(urls: Union[str, Sequence[str]], preprocess: Callable, tokenizer: Callable, *,
-                         captions: str = "global", is_train: bool = True, batch_size: Optional[int] = None,
+                         captions: str = GLOBAL, is_train: bool = True, batch_size: Optional[int] = None,
                          resampled: bool = False, shuffle_buffer: int = 1000, seed: int = 0, epoch: EpochLike = 0,
                          thermal_norm: Union[str, ThermalNorm] = "percentile",
                          norm_kwargs: Optional[Dict[str, Any]] = None,

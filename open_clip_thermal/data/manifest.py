@@ -5,6 +5,7 @@ from collections import Counter
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Dict, List
 
+from ..contracts import FINE_GRAINED, GLOBAL
 from ..files import atomic_write_json
 from ..text_stats import caption_token_stats
 from ..version import __version__
@@ -67,10 +68,10 @@ def counted_skips(skipped: List[Skipped]) -> List[Skipped]:
 
 
 def _caption_stats(samples: List["PlannedSample"]) -> Dict[str, Any]:
-    stats = {"global": caption_token_stats([s.annotation.global_caption for s in samples])}
+    stats = {GLOBAL: caption_token_stats([s.annotation.global_caption for s in samples])}
     fine_grained = [s.annotation.fg_caption for s in samples if s.annotation.fg_caption is not None]
     if fine_grained:
-        stats["fine_grained"] = caption_token_stats(fine_grained)
+        stats[FINE_GRAINED] = caption_token_stats(fine_grained)
     return stats
 
 
@@ -145,7 +146,7 @@ def build_manifest(options: "ConvertOptions", plan: Dict[str, List["PlannedSampl
             warnings.append(f"split {split!r} has {len(shards)} shard(s), fewer than --min-shards "
                             f"{options.min_shards}: open_clip_train needs workers x ranks shards unless it "
                             f"samples with replacement (--dataset-resampled)")
-        over = splits[split]["caption_tokens"].get("fine_grained", {}).get("over_context", 0)
+        over = splits[split]["caption_tokens"].get(FINE_GRAINED, {}).get("over_context", 0)
         if over:
             warnings.append(f"split {split!r}: {over} fine-grained caption(s) exceed the 77-token context "
                             f"and will be truncated by the tokenizer")
