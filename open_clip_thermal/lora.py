@@ -26,11 +26,9 @@ import loralib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-try:  # OpenCLIP's own attention class (3.x CustomResidualAttentionBlock, the default in 4.x)
-    from open_clip.transformer import Attention as OpenCLIPAttention
-except ImportError:  # pragma: no cover - very old open_clip
-    OpenCLIPAttention = None
+# OpenCLIP's own attention class (3.x CustomResidualAttentionBlock); every release setup.py allows
+# (open_clip_torch>=3.0,<4) has it.
+from open_clip.transformer import Attention as OpenCLIPAttention
 
 TOWERS = ("vision", "text", "both")
 TARGETS = ("q", "k", "v", "out", "mlp")
@@ -227,7 +225,7 @@ class LoRAAttention(nn.Module):
             self.ln_q = self.ln_k = self.ln_inner = None
             self.head_scale = None
             self.out_drop = None
-        elif OpenCLIPAttention is not None and isinstance(attn, OpenCLIPAttention):
+        elif isinstance(attn, OpenCLIPAttention):
             if attn.logit_scale is not None:
                 raise NotImplementedError("LoRAAttention does not support scaled-cosine attention")
             self.batch_first = True  # OpenCLIP's Attention is always batch-first
