@@ -39,7 +39,7 @@ _FUSED_CAPTIONS = {
     "tclip-fg": (FINE_GRAINED, FINE_GRAINED),
     "tclip-dual": (GLOBAL, FINE_GRAINED),
 }
-CAPTION_LABELS = {GLOBAL: "global", FINE_GRAINED: "fine-grained"}
+CAPTION_LABELS = {c: c.replace("_", "-") for c in (GLOBAL, FINE_GRAINED)}  # in row names: "lora-mixed (fine-grained)"
 
 
 @dataclass(frozen=True)
