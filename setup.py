@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["open_clip_thermal", "open_clip_thermal.*"]),
     package_data={"open_clip_thermal": ["model_configs/*.json", "tclip_configs/*.json", "ircap/prompts/*.txt",
-                                        "ircap/lexicons/*.json"]},
+                                        "ircap/lexicons/*.json", "classify/*.json"]},
     python_requires=">=3.9",
     install_requires=[
         # Loose ranges: the README's install command picks the exact torch builds. torch>=2.6: from 2.6
