@@ -188,3 +188,13 @@ def test_help_imports_no_torch(args):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stderr.strip().endswith("CLEAN"), done.stderr
     assert "usage:" in done.stdout
+
+
+def test_classnames_inline_json_maps_folders(synthetic_tree, tmp_path):
+    tree = synthetic_tree[0] / "tree"
+    out = tmp_path / "o"
+    assert main(["--data", str(tree), "--model", "tclip-tiny-dual", "--classes", "car,pedestrian",
+                 "--classnames", '{"pedestrian": "person"}', "--no-plots", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["classnames"] == ["car", "person"] and results["class_folders"] == ["car", "pedestrian"]
+    assert results["results"][0]["metrics"]["acc5"] is None  # fewer than five classes

@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--classes", default=None,
                     help="class folders to use, comma-separated, in label order (default: every sub-folder, sorted)")
     ev.add_argument("--classnames", default=None,
-                    help="text names used in the prompts, comma-separated in --classes order, or a JSON file "
-                         "(a list in that order, or an object folder -> name), e.g. 'ped' -> 'pedestrian'. "
+                    help="text names used in the prompts, comma-separated in --classes order, or JSON (inline or a "
+                         "file: a list in that order, or an object folder -> name), e.g. 'ped' -> 'pedestrian'. "
                          "Default: the folder names with '_' as spaces")
     ev.add_argument("--templates", default=None,
                     help="JSON file of prompt templates with '{}' for the class name (a list, or an object with a "
@@ -148,10 +148,11 @@ def _classnames(args, folders: List[str]) -> List[str]:
     if args.classnames is None:
         return [f.replace("_", " ") for f in folders]
     text = args.classnames
-    if text.endswith(".json") or Path(text).is_file():
+    if text.lstrip().startswith(("{", "[")) or text.endswith(".json") or Path(text).is_file():
         import json
         try:
-            content = json.loads(Path(text).read_text(encoding="utf-8"))
+            inline = text.lstrip().startswith(("{", "["))
+            content = json.loads(text if inline else Path(text).read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise ClassifyError(f"--classnames {text}: cannot read JSON ({error})") from None
         if isinstance(content, dict):
