@@ -3,7 +3,7 @@
 Each command runs ``--repeats`` times, interleaved (one of each per round, so a busy machine slows
 all alike); the table shows the median wall time, the median ratio to ``python -c pass`` of the same
 round, and whether torch was imported. Target (issue 11): ``convert --help`` and ``ircap --help``
-under 0.5 s on a 2-core machine, without torch.
+under 0.5 s on a 2-core machine, without torch; every other command's ``--help`` without torch too.
 
 Example:
     python benchmarks/startup.py --repeats 7
@@ -22,6 +22,9 @@ COMMANDS = {
     "ircap caption --help": ["-m", "open_clip_thermal.ircap", "caption", "--help"],
     "benchmark --help": ["-m", "open_clip_thermal.benchmark", "--help"],
     "train --help": ["-m", "open_clip_thermal.train", "--help"],
+    "quickstart --help": ["-m", "open_clip_thermal.quickstart", "--help"],
+    "synthetic --help": ["-m", "open_clip_thermal.synthetic", "--help"],
+    "classify --help": ["-m", "open_clip_thermal.classify", "--help"],
     "import open_clip_thermal": ["-c", "import open_clip_thermal"],
     "import open_clip_thermal, open_clip": ["-c", "import open_clip_thermal, open_clip"],
 }

@@ -21,6 +21,9 @@ FUSION_MODES = (FUSION_FEATURE, FUSION_SCORE)
 
 DEFAULT_LAM = 0.7  # fusion weight of the global branch
 
+# ----------------------------------------------------------------------------- evaluation protocol
+DEFAULT_RECALL_KS = (1, 5, 10, 25, 50, 100)  # the paper's Recall@K columns, both directions
+
 # ----------------------------------------------------------------------------- shard schema
 # One sample of a shard: KEY.<thermal ext>, KEY.txt, KEY.fg.txt (optional), KEY.rgb.<ext> (optional),
 # KEY.json. Keys contain no dots.

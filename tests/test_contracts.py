@@ -43,12 +43,14 @@ def test_data_modules_share_the_objects():
 
 
 def test_benchmark_modules_share_the_objects():
-    from open_clip_thermal.benchmark import cli
-    from open_clip_thermal.evaluation import fused, variants
+    from open_clip_thermal.benchmark import cli, runner
+    from open_clip_thermal.evaluation import fused, retrieval, variants
     from open_clip_thermal.evaluation import shard_reader as shards
     assert shards.IMAGE_EXTENSIONS is contracts.THERMAL_EXTENSIONS
     assert shards.CAPTION_FIELDS is contracts.CAPTION_FIELDS
-    assert cli.CAPTION_FIELDS is contracts.CAPTION_FIELDS
+    assert runner.CAPTION_FIELDS is contracts.CAPTION_FIELDS
+    assert retrieval.DEFAULT_RECALL_KS is contracts.DEFAULT_RECALL_KS
+    assert cli.build_parser().get_default("recall_k") == list(contracts.DEFAULT_RECALL_KS)
     assert (shards.GLOBAL, shards.FINE_GRAINED) == (contracts.GLOBAL, contracts.FINE_GRAINED)
     assert variants.GLOBAL is contracts.GLOBAL and variants.FINE_GRAINED is contracts.FINE_GRAINED
     assert fused.FUSION_MODES is contracts.FUSION_MODES

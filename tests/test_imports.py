@@ -27,6 +27,14 @@ def _run(code):
     ("open_clip_thermal.ircap", ["--help"]),
     ("open_clip_thermal.ircap", ["caption", "--help"]),
     ("open_clip_thermal.ircap", ["report", "--help"]),
+    ("open_clip_thermal.benchmark", ["--help"]),
+    ("open_clip_thermal.quickstart", ["--help"]),
+    ("open_clip_thermal.synthetic", ["--help"]),
+    ("open_clip_thermal.synthetic", ["generate", "--help"]),
+    ("open_clip_thermal.synthetic", ["pretrain-proxy", "--help"]),
+    ("open_clip_thermal.classify", ["--help"]),
+    ("open_clip_thermal.classify", ["crops", "--help"]),
+    ("open_clip_thermal.classify", ["synthetic-tree", "--help"]),
 ])
 def test_torch_free_commands_import_no_torch(module, args):
     assert _run(HELP_SCRIPT.format(module=module, args=args)) == "False False"

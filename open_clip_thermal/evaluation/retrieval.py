@@ -15,7 +15,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-DEFAULT_RECALL_KS = (1, 5, 10, 25, 50, 100)
+from ..contracts import DEFAULT_RECALL_KS  # re-exported: the benchmark and reports import it from here
+
 # Bytes of working memory per (query, gallery) cell in one chunk: the float32 score plus a few
 # boolean masks and one float temporary.
 _BYTES_PER_CELL = 12
