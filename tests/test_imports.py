@@ -62,3 +62,21 @@ def test_registration_in_every_import_order(first):
               type(open_clip.create_model("tclip-tiny-dual")).__name__)
     """)
     assert _run(code) == "True True DualLoRAFusion"
+
+
+def test_command_packages_forward_their_names_on_first_use():
+    code = textwrap.dedent("""
+        import sys
+        import open_clip_thermal.train as train, open_clip_thermal.benchmark as benchmark
+        before = "open_clip_thermal.train.cli" in sys.modules, "open_clip_thermal.evaluation.retrieval" in sys.modules
+        import open_clip_thermal.train.cli as cli
+        from open_clip_thermal.evaluation.retrieval import retrieval_recalls
+        same = train.main is cli.main and benchmark.retrieval_recalls is retrieval_recalls
+        try:
+            train.no_such_name
+            missing = "no error"
+        except AttributeError as error:
+            missing = str(error)
+        print(before, same, missing == "module 'open_clip_thermal.train' has no attribute 'no_such_name'")
+    """)
+    assert _run(code) == "(False, False) True True"

@@ -4,7 +4,7 @@ Run ``python -m open_clip_thermal.benchmark --help``; definitions are in docs/be
 retrieval functions live in :mod:`open_clip_thermal.evaluation` and are forwarded here lazily, so that
 ``--help`` imports no torch.
 """
-import importlib
+from ..lazy import forward_attributes
 
 # public name -> module that defines it
 _LAZY = {
@@ -17,8 +17,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = forward_attributes(__name__, _LAZY)

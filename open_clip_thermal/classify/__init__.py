@@ -4,23 +4,19 @@ Python API: ``classify(model, tree_or_dataset, classnames, templates, ...)`` ret
 ``coco_crops`` / ``synthetic_crops`` cut labelled crops into an ImageFolder tree. Names are forwarded
 lazily, so ``--help`` and the crop commands import no torch.
 """
-import importlib
+from ..lazy import forward_attributes
 
 # public name -> submodule
 _LAZY = {
-    "classify": "zeroshot", "class_embeddings": "zeroshot", "dual_branches": "zeroshot",
-    "classification_metrics": "metrics", "confusion_matrix": "metrics",
-    "ThermalImageFolder": "tree", "scan_tree": "tree", "TreeError": "tree",
-    "coco_crops": "crops", "CropError": "crops", "CropReport": "crops",
-    "synthetic_crops": "synthetic_tree",
-    "load_templates": "templates", "DEFAULT_TEMPLATES_FILE": "templates",
-    "main": "cli", "build_parser": "cli",
+    "classify": ".zeroshot", "class_embeddings": ".zeroshot", "dual_branches": ".zeroshot",
+    "classification_metrics": ".metrics", "confusion_matrix": ".metrics",
+    "ThermalImageFolder": ".tree", "scan_tree": ".tree", "TreeError": ".tree",
+    "coco_crops": ".crops", "CropError": ".crops", "CropReport": ".crops",
+    "synthetic_crops": ".synthetic_tree",
+    "load_templates": ".templates", "DEFAULT_TEMPLATES_FILE": ".templates",
+    "main": ".cli", "build_parser": ".cli",
 }
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = forward_attributes(__name__, _LAZY)
