@@ -184,7 +184,10 @@ def test_tclip_variants_end_to_end(tmp_path):
     assert sweep["feature"]["best_lambda"] in sweep["lambdas"]
     # lambda = 1 in feature mode is the global branch alone, lambda = 0 the fine-grained branch alone.
     assert [m["label"] for m in results["fusion_modes"]] == ["tclip-global", "tclip-fg", "tclip-dual", "tclip-dual/folder"]
-    assert len(results["thermal_gap"]["tests"]) == 8 * 7 // 2
+    # The paper's family by default: zero-shot vs Global LoRA vs T-CLIP (Dual), three comparisons.
+    assert [(t["model_a"], t["model_b"]) for t in results["thermal_gap"]["tests"]] == [
+        ("zeroshot (global)", "lora-global"), ("zeroshot (global)", "tclip-dual"), ("lora-global", "tclip-dual")]
+    assert results["thermal_gap"]["family"] == "paper"
     assert list(results["geometry"]) == ["zeroshot", "lora-global", "lora-fg", "tclip-global, tclip-fg, tclip-dual",
                                          "tclip-dual/folder"]
     shared = results["geometry"]["tclip-global, tclip-fg, tclip-dual"]

@@ -47,6 +47,38 @@ def test_pairwise_welch_matches_scipy_and_hand_formula():
     assert rows[0]["significant"] is True  # 0.20 vs 0.30 with n=50/60 is far apart
 
 
+def test_bh_adjusts_over_the_chosen_family_only():
+    rng = np.random.default_rng(2)
+    samples = {name: rng.normal(mean, 0.05, 40) for name, mean in
+               [("zs", 0.20), ("zs-fg", 0.21), ("lora", 0.23), ("lora-fg", 0.22), ("dual", 0.235)]}
+    family = [("zs", "lora"), ("zs", "dual"), ("lora", "dual")]
+    chosen = pairwise_welch_tests(samples, pairs=family)
+    every = {(r["model_a"], r["model_b"]): r for r in pairwise_welch_tests(samples)}
+    assert [(r["model_a"], r["model_b"]) for r in chosen] == family
+    assert [r["p"] for r in chosen] == pytest.approx([every[pair]["p"] for pair in family])  # same tests
+    assert [r["p_bh"] for r in chosen] == pytest.approx(list(benjamini_hochberg([r["p"] for r in chosen])))
+    assert any(r["p_bh"] < every[(r["model_a"], r["model_b"])]["p_bh"] for r in chosen)  # m = 3, not 10
+    with pytest.raises(ValueError, match="nope"):
+        pairwise_welch_tests(samples, pairs=[("zs", "nope")])
+
+
+def test_gap_family_roles_and_fallback():
+    from open_clip_thermal.evaluation.evaluate import gap_test_pairs
+    from open_clip_thermal.evaluation.variants import Row
+
+    def row(label, kind):
+        return Row(label=label, variant=label, kind=kind, captions=("global",), fused=False)
+    rows = [row("zeroshot (global)", "zeroshot"), row("zeroshot (fine-grained)", "zeroshot"),
+            row("clip-adapter", "clip-adapter"), row("lora-global", "lora-global"), row("lora-global/r16", "lora-global"),
+            row("tclip-global", "tclip-global"), row("tclip-dual", "tclip-dual")]
+    assert gap_test_pairs(rows, "paper") == ([("zeroshot (global)", "lora-global"), ("zeroshot (global)", "tclip-dual"),
+                                              ("lora-global", "tclip-dual")], None)
+    assert gap_test_pairs(rows[:3], "paper")[0] is None and "1 row(s)" in gap_test_pairs(rows[:3], "paper")[1]
+    assert gap_test_pairs(rows, "all") == (None, None)
+    with pytest.raises(ValueError, match="family"):
+        gap_test_pairs(rows, "some")
+
+
 def test_matched_pair_cosine():
     image = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     text = torch.tensor([[1.0, 1.0], [0.0, 1.0]])

@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="metadata field (from the shards' .json) grouping images for the geometry analysis; "
                              "'' disables it (default: time_of_day)")
     parser.add_argument("--alpha", type=float, default=0.05, help="false discovery rate of the gap tests (default: 0.05)")
+    parser.add_argument("--gap-tests", choices=("paper", "all"), default="paper",
+                        help="which rows the Welch t-tests of the matched-pair cosines compare, Benjamini-Hochberg "
+                             "adjusted over that family: 'paper' = zero-shot vs Global LoRA vs T-CLIP (Dual), three "
+                             "comparisons as in the paper's appendix (every pair when fewer than two of those rows "
+                             "are present); 'all' = every pair of rows (default: paper)")
     parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default: 64)")
     parser.add_argument("--device", default=None,
                         help="device for encoding and retrieval (default: cuda if available, else cpu)")

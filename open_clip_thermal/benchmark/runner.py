@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> Dict:
             group_labels = None
     groups = None if args.caption_match == "pair" else duplicate_caption_groups(index.captions)
     results = evaluate(rows, embeddings, groups, ks, args.lam, args.lambdas, group_labels,
-                       alpha=args.alpha, memory_budget_mb=args.memory_budget_mb, device=args.device)
+                       alpha=args.alpha, memory_budget_mb=args.memory_budget_mb, device=args.device,
+                       gap_tests=args.gap_tests)
     results["config"] = {"shards": urls, "left_out_shards": partial, "n_samples": len(index), "ks": ks, "lam": args.lam, "lambdas": args.lambdas,
                          "caption_match": args.caption_match, "protocol": CAPTION_MATCH_RULES[args.caption_match],
                          "group_field": args.group_field or None,

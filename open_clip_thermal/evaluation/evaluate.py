@@ -1,4 +1,5 @@
 """Turn cached embeddings into the benchmark's numbers: recall tables, lambda sweep, gap, geometry."""
+import itertools
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -99,10 +100,35 @@ def _geometry(variant_rows: Sequence[Row], seeds: Sequence[Embeddings], group_la
     return result
 
 
+# The paper's family of gap comparisons (Figure 1, appendix): zero-shot CLIP, Global LoRA and T-CLIP (Dual),
+# three Welch tests adjusted together. Each role is the first table row of that kind.
+PAPER_GAP_FAMILY = ("zeroshot", "lora-global", "tclip-dual")
+GAP_TEST_FAMILIES = ("paper", "all")
+
+
+def gap_test_pairs(rows: Sequence[Row], family: str) -> Tuple[Optional[List[Tuple[str, str]]], Optional[str]]:
+    """The (label, label) comparisons of the gap tests and a note when the family had to change.
+
+    ``family='paper'``: every pair among the first zero-shot, Global LoRA and T-CLIP (Dual) rows present;
+    with fewer than two of them present, every pair of rows (said in the note). ``'all'``: every pair (None).
+    """
+    if family not in GAP_TEST_FAMILIES:
+        raise ValueError(f"gap test family must be one of {GAP_TEST_FAMILIES}, got {family!r}")
+    if family == "all":
+        return None, None
+    members = [next(r.label for r in rows if r.kind == kind) for kind in PAPER_GAP_FAMILY
+               if any(r.kind == kind for r in rows)]
+    if len(members) < 2:
+        return None, (f"the paper's family (zero-shot, Global LoRA, T-CLIP Dual) has {len(members)} row(s) here; "
+                      "every pair of rows is tested instead")
+    return list(itertools.combinations(members, 2)), None
+
+
 def evaluate(rows: Sequence[Row], embeddings: Mapping[str, Sequence[Embeddings]],
              groups: Optional[Sequence[int]],
              ks: Sequence[int], lam: float, lambdas: Sequence[float], group_labels: Optional[Sequence] = None,
-             alpha: float = 0.05, memory_budget_mb: float = 256.0, device: Optional[str] = None) -> Dict:
+             alpha: float = 0.05, memory_budget_mb: float = 256.0, device: Optional[str] = None,
+             gap_tests: str = "paper") -> Dict:
     """All benchmark numbers.
 
     Args:
@@ -115,6 +141,8 @@ def evaluate(rows: Sequence[Row], embeddings: Mapping[str, Sequence[Embeddings]]
         lambdas: values for the sweep of ``tclip-dual`` rows.
         group_labels: per-sample metadata value for the geometry analysis (None skips it).
         alpha: false discovery rate for the gap tests.
+        gap_tests: ``'paper'`` (zero-shot, Global LoRA, T-CLIP Dual: three comparisons, see
+            :func:`gap_test_pairs`) or ``'all'`` (every pair of rows), the family Benjamini-Hochberg adjusts over.
         memory_budget_mb: working memory of one retrieval chunk.
         device: compute device for retrieval.
 
@@ -153,8 +181,10 @@ def evaluate(rows: Sequence[Row], embeddings: Mapping[str, Sequence[Embeddings]]
                 f"the test set has {n_pairs} pair{'s' if n_pairs != 1 else ''}.")
     gap = {"per_row": {label: {"mean": float(c.mean()), "std": float(c.std(ddof=1)) if c.size > 1 else None, "n": int(c.size)}
                        for label, c in cosines.items()},
-           "tests": pairwise_welch_tests(cosines, alpha=alpha) if len(cosines) > 1 and note is None else [],
-           "alpha": alpha, "note": note}
+           "tests": [], "family": gap_tests, "alpha": alpha, "note": note}
+    if len(cosines) > 1 and note is None:
+        pairs, gap["note"] = gap_test_pairs(rows, gap_tests)
+        gap["tests"] = pairwise_welch_tests(cosines, alpha=alpha, pairs=pairs)
     geometry = {}
     if group_labels is not None:
         # Variants built from the same weights (tclip-global/-fg/-dual of one run) share image

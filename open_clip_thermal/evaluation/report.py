@@ -72,7 +72,10 @@ def render_markdown(results: Mapping) -> str:
     if gap.get("note"):
         out += ["", gap["note"]]
     if gap["tests"]:
-        out += ["", f"Welch's t-test between every pair, Benjamini–Hochberg adjusted (FDR {gap['alpha']}).", ""]
+        family = ("the paper's family (zero-shot, Global LoRA, T-CLIP Dual)" if gap.get("family") == "paper" and not gap.get("note")
+                  else "every pair of rows")
+        out += ["", f"Welch's t-test over {family}, Benjamini–Hochberg adjusted over those "
+                    f"{len(gap['tests'])} comparisons (FDR {gap['alpha']}).", ""]
         out += _table(["A", "B", "mean A", "mean B", "t", "p", "p (BH)", "significant"],
                       [[t["model_a"], t["model_b"], f"{t['mean_a']:.4f}", f"{t['mean_b']:.4f}", f"{t['t']:.3f}",
                         f"{t['p']:.3g}", f"{t['p_bh']:.3g}", "yes" if t["significant"] else "no"] for t in gap["tests"]])

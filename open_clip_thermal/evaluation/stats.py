@@ -1,6 +1,6 @@
 """Thermal perception gap statistics: matched-pair cosine, Welch's t-tests, Benjamini-Hochberg."""
 import itertools
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,12 +39,15 @@ def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-def pairwise_welch_tests(cosines_by_model: Mapping[str, Sequence[float]], alpha: float = 0.05) -> List[Dict]:
-    """Welch's t-test on matched-pair cosines between every pair of models, BH-corrected.
+def pairwise_welch_tests(cosines_by_model: Mapping[str, Sequence[float]], alpha: float = 0.05,
+                         pairs: Optional[Sequence[Tuple[str, str]]] = None) -> List[Dict]:
+    """Welch's t-test on matched-pair cosines between pairs of models, BH-corrected over those pairs.
 
     Args:
         cosines_by_model: model label -> per-pair cosines.
         alpha: false discovery rate for the ``significant`` flag.
+        pairs: the comparisons of the family (labels of ``cosines_by_model``); None: every unordered pair.
+            Benjamini-Hochberg adjusts over exactly these, so a smaller family gives smaller ``p_bh``.
 
     Returns:
         One dict per unordered pair (in insertion order of the labels) with ``model_a``,
@@ -52,8 +55,13 @@ def pairwise_welch_tests(cosines_by_model: Mapping[str, Sequence[float]], alpha:
         ``p_bh`` and ``significant`` (``p_bh < alpha``).
     """
     labels = list(cosines_by_model)
+    if pairs is None:
+        pairs = list(itertools.combinations(labels, 2))
+    unknown = sorted({label for pair in pairs for label in pair} - set(labels))
+    if unknown:
+        raise ValueError(f"Welch's t-test: no cosines for {unknown} (known: {labels})")
     rows = []
-    for a, b in itertools.combinations(labels, 2):
+    for a, b in pairs:
         xa = np.asarray(cosines_by_model[a], dtype=np.float64)
         xb = np.asarray(cosines_by_model[b], dtype=np.float64)
         if xa.size < 2 or xb.size < 2:
