@@ -1,8 +1,10 @@
 """RGB-hallucination lint, coverage lexicons, prompts and the quality report."""
 import json
+from pathlib import Path
 
 import pytest
 
+from open_clip_thermal.ircap import quality
 from open_clip_thermal.ircap.prompts import PROMPT_NAMES, load_prompt_set
 from open_clip_thermal.ircap.quality import CoverageLexicon, RGBHallucinationLint, lint_summary
 from open_clip_thermal.ircap.report import build_report, render_markdown
@@ -64,6 +66,49 @@ def test_coverage_per_attribute():
     assert lexicon.coverage([], "fine_grained") == {"heat_signatures": 0.0, "thermal_phenomena": 0.0}
     with pytest.raises(ValueError, match="unknown caption kind"):
         lexicon.coverage(captions, "rgb")
+
+
+@pytest.mark.parametrize("caption", [
+    "infrared thermal image of lit windows and a windshield",  # not wind
+    "infrared thermal image of a hazard sign",  # not haze
+    "infrared thermal image of a mistake in the road paint",  # not mist
+    "infrared thermal image of a raincoat on a hook",  # not rain
+    "infrared thermal image of a snowboard shop",  # not snow
+    "infrared thermal image of a storefront",  # not storm
+])
+def test_weather_coverage_matches_whole_words_only(caption):
+    assert CoverageLexicon().attributes_of(caption, "global")["weather"] is False
+
+
+@pytest.mark.parametrize("caption", [
+    "infrared thermal image on a windy evening", "infrared thermal image in light haze",
+    "infrared thermal image after it rained", "infrared thermal image of a misty, foggy road",
+    "infrared thermal image in a snow-covered street",
+])
+def test_weather_coverage_still_counts_the_inflections(caption):
+    assert CoverageLexicon().attributes_of(caption, "global")["weather"] is True
+
+
+def test_shipped_coverage_lexicon_has_no_prefix_wildcards():
+    lexicon = json.loads((Path(quality.LEXICON_DIR) / "coverage.json").read_text())
+    terms = [t for kind in ("global", "fine_grained") for words in lexicon[kind].values() for t in words]
+    assert terms and not [t for t in terms if "*" in t]
+
+
+def test_a_tired_driver_is_not_a_tyre():
+    assert CoverageLexicon().attributes_of("the tired driver waits", "fine_grained")["heat_signatures"] is False
+
+
+def test_paper_rating_guide_is_one_lexicon_edit_away(tmp_path):
+    """docs/ircap.md: "dark"/"bright" are not flagged by default; adding them to `colour` follows the paper."""
+    shipped = json.loads((Path(quality.LEXICON_DIR) / "rgb_terms.json").read_text())
+    assert RGBHallucinationLint().passes("infrared thermal image of a dark street")
+    shipped["colour"] = shipped["colour"] + ["dark", "bright"]
+    custom = tmp_path / "paper_guide.json"
+    custom.write_text(json.dumps(shipped))
+    strict = RGBHallucinationLint(custom)
+    assert strict.flagged_terms("infrared thermal image of a dark street, bright sky") == ["dark", "bright"]
+    assert strict.passes("pedestrians appear white-hot")  # the allowed list still applies
 
 
 def test_custom_lexicon_errors_name_the_file(tmp_path):

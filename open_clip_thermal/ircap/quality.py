@@ -6,10 +6,11 @@ Both are keyword checks over lexicons shipped as JSON in ``open_clip_thermal/irc
   (the paper's D3 criterion). Decision on false positives: thermal vocabulary that contains a
   colour word (palette names ``white-hot``/``black-hot``, ``red-hot``, ``blackbody``, ``greybody``,
   ``greyscale``, ``black ice``, ``false colour``) is listed under ``allowed`` and removed before
-  matching. ``bright``/``dark`` are NOT flagged: in a white-hot display they describe radiance,
-  which is thermal information.
+  matching. ``bright``/``dark`` are NOT flagged, unlike the paper's rating guide: they also describe
+  radiance in a white-hot display and the scene illumination global captions must describe
+  (docs/ircap.md explains, and how to follow the guide with a custom lexicon).
 * ``coverage.json``: per caption kind, attribute -> terms; a caption covers an attribute if any
-  term occurs.
+  term occurs as a whole word (the shipped file lists inflections instead of ``*`` prefixes).
 
 Term syntax: case-insensitive whole words; a trailing ``*`` matches any word ending; a space or
 hyphen inside a phrase matches spaces or hyphens (``street light`` matches ``street-light``).
