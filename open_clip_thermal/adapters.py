@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .base_model import activation_of, check_activation, export_metadata
+from .base_model import activation_of, check_activation, export_metadata, provenance_of
 from .files import atomic_write
 from .model import DualLoRAFusion
 from .lora import LoRAConfig
@@ -75,12 +75,12 @@ def _branch_tensors(model: DualLoRAFusion, branch: str) -> Dict[str, torch.Tenso
 def adapter_config(model: DualLoRAFusion, branches: Iterable[str]) -> dict:
     """The JSON description saved next to the weights."""
     import open_clip
-    info = getattr(model, "tclip_info", {})
+    provenance = provenance_of(model)
     return {
         "format": FORMAT,
-        "model_name": info.get("model_name"),
-        "base_model": info.get("base_model"),
-        "base_pretrained": info.get("base_pretrained"),
+        "model_name": provenance.model_name,
+        "base_model": provenance.base_model,
+        "base_pretrained": provenance.base_pretrained,
         "base_fingerprint": base_fingerprint(model),
         "activation": activation_of(model.base),  # QuickGELU or GELU: the weights alone cannot tell
         "lora": model.lora_config.to_dict(),
@@ -175,10 +175,10 @@ def load_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Ma
         raise AdapterError(f"{folder} is not an adapter folder (expected {CONFIG_NAME} and "
                            f"<branch>/{WEIGHTS_NAME})")
     config = read_adapter_config(folder_path)
-    info = getattr(model, "tclip_info", {})
-    if info.get("base_model") and config["base_model"] != info["base_model"]:
+    base_model = provenance_of(model).base_model
+    if base_model and config["base_model"] != base_model:
         raise AdapterError(f"adapter {folder_path} was trained on base {config['base_model']!r}, "
-                           f"this model's base is {info['base_model']!r}")
+                           f"this model's base is {base_model!r}")
     try:
         check_activation(config.get("activation"), model.base, f"adapter {folder_path}")
     except ValueError as e:

@@ -21,6 +21,7 @@ trainer's full fine-tuning), so the rule lives in this file only.
 """
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Optional
 
 import open_clip
@@ -35,6 +36,25 @@ GELU = "gelu"
 FORCE_GELU = "force_gelu"  # keyword of create_model (and --force-gelu of the CLIs): GELU on QuickGELU weights
 
 EXPORT_FORMAT = "open_clip_thermal.openclip_weights"  # safetensors header of full-model exports
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a model's weights come from, as the factory or the trainer built it.
+
+    Every model class of the package declares ``provenance: Optional[Provenance] = None``; the builder
+    sets it, and adapter folders and export headers record it (:func:`provenance_of` reads it).
+    """
+    model_name: Optional[str] = None  # the name it was built under ('tclip-dual', 'clip-adapter', 'full', ...)
+    base_model: Optional[str] = None  # OpenCLIP architecture of the base ('ViT-B-16')
+    base_pretrained: Optional[str] = None  # base weights: an OpenCLIP tag, an absolute checkpoint path, or None
+
+
+def provenance_of(model: nn.Module) -> Provenance:
+    """``model.provenance``, or an empty :class:`Provenance` for a model nobody recorded one on
+    (a plain OpenCLIP model, or a wrapper built by hand)."""
+    # getattr: a plain OpenCLIP CLIP (the ``full`` baseline) does not declare the attribute
+    return getattr(model, "provenance", None) or Provenance()
 
 
 def weights_need_quick_gelu(model_name: str, pretrained) -> bool:
@@ -114,9 +134,9 @@ def check_activation(recorded: Optional[str], model: nn.Module, what: str) -> No
 def export_metadata(model: nn.Module) -> dict:
     """safetensors header of a plain OpenCLIP export of ``model``: records its activation, which the
     weights alone cannot tell (read back by :func:`export_records_quick_gelu`)."""
-    info = getattr(model, "tclip_info", {})
+    provenance = provenance_of(model)
     return {"format": EXPORT_FORMAT, "quick_gelu": str(uses_quick_gelu(model)).lower(),
-            "base_model": str(info.get("base_model")), "method": str(info.get("model_name"))}
+            "base_model": str(provenance.base_model), "method": str(provenance.model_name)}
 
 
 def export_records_quick_gelu(path) -> bool:

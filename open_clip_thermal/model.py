@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .base_model import Provenance
 from .contracts import DEFAULT_LAM, FINE_GRAINED, FUSION_FEATURE, FUSION_MODES, GLOBAL
 from .lora import BranchRouter, LoRAConfig, first_adapted_block, inject_lora, lora_layers, tower_transformers
 
@@ -66,6 +67,8 @@ class DualLoRAFusion(nn.Module):
         output_dict: kept as an attribute for OpenCLIP's ``create_model(..., output_dict=...)`` and
             code that sets ``model.output_dict``; ``forward`` returns a dict either way (see :meth:`forward`).
     """
+
+    provenance: Optional[Provenance] = None  # set by the factory: model name, base model, base weights
 
     def __init__(self, base: nn.Module, branches: Sequence[str] = (GLOBAL, FINE_GRAINED),
                  lora: Optional[LoRAConfig] = None, lam: float = DEFAULT_LAM, fusion: str = FUSION_FEATURE,

@@ -29,7 +29,7 @@ import torch.nn as nn
 from . import seam
 from .contracts import DEFAULT_LAM
 from .adapters import AdapterError, adapter_folder, load_adapters, read_adapter_config
-from .base_model import FORCE_GELU, build_base, original_create_model, resolve_activation
+from .base_model import FORCE_GELU, Provenance, build_base, original_create_model, resolve_activation
 from .model import DualLoRAFusion
 from .lora import LoRAConfig
 
@@ -196,7 +196,7 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
     )
     # a local checkpoint is recorded by absolute path, so adapter folders load from any working directory
     recorded = os.path.abspath(base_weights) if base_weights and os.path.isfile(base_weights) else base_weights
-    model.tclip_info = {"model_name": model_name, "base_model": cfg["base_model"], "base_pretrained": recorded}
+    model.provenance = Provenance(model_name=model_name, base_model=cfg["base_model"], base_pretrained=recorded)
     if folders:
         for folder, mapping in zip(folders, _branch_mapping(model_name, model, folders, configs, allow_zero_branch)):
             load_adapters(model, folder, mapping, strict_base=strict_base)

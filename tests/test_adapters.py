@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 import open_clip_thermal as oct
 from open_clip_thermal.adapters import AdapterError, CONFIG_NAME, WEIGHTS_NAME
+from open_clip_thermal.base_model import Provenance
 
 from model_helpers import TINY, images, randomise_lora, tokens
 
@@ -39,6 +40,7 @@ def test_save_load_round_trip(tmp_path, base_ckpt):
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
         CONFIG_NAME, f"fine_grained/{WEIGHTS_NAME}", f"global/{WEIGHTS_NAME}"]
     config = json.loads((folder / CONFIG_NAME).read_text())
+    assert config["model_name"] == "tclip-tiny-dual"
     assert config["base_model"] == TINY and config["base_pretrained"] == base_ckpt
     assert config["lora"]["rank"] == 8 and config["branches"] == ["global", "fine_grained"]
     assert len(load_file(str(folder / "global" / WEIGHTS_NAME))) == 2 * 4 * 2 + 1  # (A, B) x 4 blocks x 2 towers + temperature
@@ -162,3 +164,16 @@ def test_zero_branch_only_on_request(tmp_path, base_ckpt):
     with torch.no_grad():  # the untrained branch is the plain base
         torch.testing.assert_close(dual.eval().encode_image(images(), branch="fine_grained"),
                                    stock.encode_image(images(), normalize=True), atol=1e-5, rtol=1e-5)
+
+
+def test_provenance_is_recorded_and_checked(tmp_path, base_ckpt):
+    model = _trained_dual(base_ckpt)
+    assert model.provenance == Provenance(model_name="tclip-tiny-dual", base_model=TINY, base_pretrained=base_ckpt)
+    by_hand = oct.add_lora(open_clip.create_model(TINY, pretrained=base_ckpt), branches=("global",))
+    assert by_hand.provenance is None  # nobody recorded where it came from
+    config = json.loads((oct.save_adapters(by_hand, tmp_path / "by_hand") / CONFIG_NAME).read_text())
+    assert (config["model_name"], config["base_model"], config["base_pretrained"]) == (None, None, None)
+    oct.save_adapters(model, tmp_path / "dual")
+    model.provenance = Provenance(model_name="tclip-tiny-dual", base_model="ViT-B-16", base_pretrained=base_ckpt)
+    with pytest.raises(AdapterError, match="this model's base is 'ViT-B-16'"):
+        oct.load_adapters(model, tmp_path / "dual")  # the recorded base decides, not the weights alone

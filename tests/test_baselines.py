@@ -7,6 +7,7 @@ import open_clip_train.main as trainer_main
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 import open_clip_thermal as oct
@@ -15,7 +16,7 @@ from open_clip_thermal.baselines import (ClipAdapterModel, DeclipConfig, DeclipL
                                          MomentumWeights, nearest_neighbour_infonce, read_clip_adapter_config,
                                          save_clip_adapter, save_openclip_weights)
 from open_clip_thermal.baselines.export import exported_with_quick_gelu, uses_quick_gelu
-from open_clip_thermal.base_model import original_create_model
+from open_clip_thermal.base_model import Provenance, original_create_model
 from open_clip_thermal.benchmark import main as benchmark_main
 from open_clip_thermal.evaluation.variants import build_model, parse_variant
 from open_clip_thermal.train import main as train_main
@@ -100,6 +101,8 @@ def test_clip_adapter_folder_round_trip_and_errors(tmp_path, base_checkpoint):
         (TINY, base_checkpoint, 0.3, 4)
     loaded = open_clip.create_model("clip-adapter", pretrained=str(tmp_path / "ca")).eval()
     _assert_same_embeddings(model.eval(), loaded)
+    assert loaded.provenance == Provenance(model_name="clip-adapter", base_model=TINY, base_pretrained=base_checkpoint)
+    assert ClipAdapterModel(tiny_clip(seed=0)).provenance is None  # built by hand: nothing recorded
     with pytest.raises(ValueError, match="is a CLIP-Adapter folder; load it with create_model\\('clip-adapter'"):
         oct.create_model(TINY, pretrained=str(tmp_path / "ca"))
     with pytest.raises(AdapterError, match="not a CLIP-Adapter folder"):
@@ -227,6 +230,11 @@ def test_full_run_exports_weights_stock_openclip_loads(runs, base_checkpoint):
     model, run = runs["full"]
     export = run / "model.safetensors"
     assert export.is_file() and (run / "checkpoints" / "epoch_1_model.safetensors").is_file()
+    # the plain OpenCLIP model carries the trainer's provenance, and the export header records it
+    assert model.provenance == Provenance(model_name="full", base_model=TINY, base_pretrained=base_checkpoint)
+    with safe_open(str(export), framework="pt") as f:
+        header = f.metadata()
+    assert (header["method"], header["base_model"]) == ("full", TINY)
     loaded = open_clip.create_model(TINY, pretrained=str(export)).eval()
     _assert_same_embeddings(model, loaded)
     from_checkpoint = open_clip.create_model(TINY, pretrained=str(run / "checkpoints" / "epoch_1.pt")).eval()

@@ -124,7 +124,7 @@ def test_openai_tag_reaches_openclip_download_path(monkeypatch):
     monkeypatch.setattr(seam, "_original", fake_original)
     model = open_clip.create_model("tclip-dual", pretrained="openai", precision="fp32")
     assert calls == [("ViT-B-16", "openai", {"precision": "fp32", "force_quick_gelu": True})]
-    assert model.tclip_info == {"model_name": "tclip-dual", "base_model": "ViT-B-16", "base_pretrained": "openai"}
+    assert model.provenance == base_model.Provenance(model_name="tclip-dual", base_model="ViT-B-16", base_pretrained="openai")
     assert oc_factory.get_pretrained_cfg("ViT-B-16", "openai")["url"].startswith("https://")
 
 

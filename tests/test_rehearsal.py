@@ -144,7 +144,7 @@ def test_create_model_and_transforms_tclip_dual_openai_is_quick_gelu(world, monk
         warnings.simplefilter("error", UserWarning)  # OpenCLIP's "QuickGELU mismatch" warning would fail here
         model, _, preprocess = open_clip.create_model_and_transforms(
             "tclip-dual", pretrained="openai", cache_dir=str(world["root"] / "home" / ".cache" / "clip"))
-    assert uses_quick_gelu(model) and model.tclip_info["base_pretrained"] == "openai"
+    assert uses_quick_gelu(model) and model.provenance.base_pretrained == "openai"
     assert preprocess.transforms[0].size == 224
     assert world["server"].requests[world["checkpoint_path"]] >= 1
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..base_model import Provenance
+
 DEFAULT_ALPHA = 0.2
 DEFAULT_REDUCTION = 4
 
@@ -46,6 +48,8 @@ class ClipAdapterModel(nn.Module):
         output_dict: kept as an attribute for OpenCLIP's ``create_model(..., output_dict=...)``;
             ``forward`` returns a dict either way.
     """
+
+    provenance: Optional[Provenance] = None  # set by create_clip_adapter_model and the trainer
 
     def __init__(self, base: nn.Module, alpha: float = DEFAULT_ALPHA, reduction: int = DEFAULT_REDUCTION,
                  output_dict: bool = True):

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from ..adapters import (CONFIG_NAME, WEIGHTS_NAME, AdapterError, base_fingerprint,
                         read_config_file, read_weights_file)
 from ..files import atomic_write
-from ..base_model import activation_of, build_base, check_activation
+from ..base_model import Provenance, activation_of, build_base, check_activation, provenance_of
 from ..version import __version__
 from .clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION, ClipAdapterModel
 
@@ -49,13 +49,13 @@ def save_clip_adapter(model: ClipAdapterModel, folder: PathLike) -> Path:
     """Write the adapter weights and config of ``model`` to ``folder`` (each file atomically)."""
     import open_clip
     folder = Path(folder)
-    info = getattr(model, "tclip_info", {})
+    provenance = provenance_of(model)
     tensors = {f"adapter.{k}": v.detach().to("cpu").contiguous() for k, v in model.adapter.state_dict().items()}
     config = {
         "format": CLIP_ADAPTER_FORMAT,
         "model_name": CLIP_ADAPTER_MODEL,
-        "base_model": info.get("base_model"),
-        "base_pretrained": info.get("base_pretrained"),
+        "base_model": provenance.base_model,
+        "base_pretrained": provenance.base_pretrained,
         "base_fingerprint": base_fingerprint(model),
         "activation": activation_of(model.base),
         "alpha": model.alpha,
@@ -150,7 +150,7 @@ def create_clip_adapter_model(pretrained: Optional[str] = None, *, base_model: O
         base = build_base(base_model, base_pretrained, kwargs, config.get("activation") if config else None)
     model = ClipAdapterModel(base, alpha=DEFAULT_ALPHA if alpha is None else alpha,
                              reduction=DEFAULT_REDUCTION if reduction is None else reduction, output_dict=output_dict)
-    model.tclip_info = {"model_name": CLIP_ADAPTER_MODEL, "base_model": base_model, "base_pretrained": base_pretrained}
+    model.provenance = Provenance(model_name=CLIP_ADAPTER_MODEL, base_model=base_model, base_pretrained=base_pretrained)
     if config is not None:
         load_clip_adapter(model, folder, strict_base=strict_base)
     return model

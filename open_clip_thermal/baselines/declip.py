@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.func import functional_call
 
+from ..base_model import Provenance
 from .clip_adapter import embedding_size
 
 
@@ -136,6 +137,7 @@ class DeclipModel(nn.Module):
     # The queues grow from all ranks' gathered features and the EMA follows identical weights, so the
     # buffers agree on every rank already; DDP's per-step broadcast of them would only cost bandwidth.
     ddp_broadcast_buffers = False
+    provenance: Optional[Provenance] = None  # set by the trainer: method, base model, base weights
 
     def __init__(self, base: nn.Module, config: Optional[DeclipConfig] = None, output_dict: bool = True):
         super().__init__()

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..base_model import provenance_of
 from ..contracts import BRANCHES, DEFAULT_LAM, FUSION_FEATURE, FUSION_MODES
 from ..data.decode import ThermalNorm
 from ..model import fuse_features
@@ -154,7 +155,7 @@ def classify(model, tree_or_dataset, classnames: Optional[Sequence[str]] = None,
         raise ValueError(f"{len(classnames)} class names for labels up to {max(labels)}")
     templates = load_templates(templates)
     if tokenizer is None:
-        tokenizer = model_tokenizer(getattr(model, "tclip_info", {}).get("model_name", ""))
+        tokenizer = model_tokenizer(provenance_of(model).model_name or "")
     dual = dual_branches(model) is not None
     mode = _fusion_of(model, fusion) if dual else None
     classes = class_embeddings(model, tokenizer, classnames, templates, lam, mode, device)

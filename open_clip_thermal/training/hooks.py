@@ -47,7 +47,7 @@ import torch.nn as nn
 from ..adapters import THERMAL_NORM_ATTR, load_adapters, read_adapter_config, save_adapters
 from ..files import atomic_replace_dir, atomic_write
 from ..data.decode import ThermalNorm
-from ..base_model import FORCE_GELU, resolve_activation
+from ..base_model import FORCE_GELU, Provenance, resolve_activation
 from ..baselines import (EXPORT_NAME, ClipAdapterModel, DeclipConfig, DeclipLoss, DeclipModel, save_clip_adapter,
                          save_openclip_weights)
 from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION
@@ -207,7 +207,8 @@ class TrainerHooks:
         else:
             model = base
         recorded = os.path.abspath(pretrained) if pretrained and os.path.exists(pretrained) else pretrained
-        model.tclip_info = {"model_name": method, "base_model": base_name, "base_pretrained": recorded}
+        # a plain OpenCLIP model (--method full) takes the attribute too: the export header records it
+        model.provenance = Provenance(model_name=method, base_model=base_name, base_pretrained=recorded)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logging.info(f"--method {method} on base {base_name}: {trainable:,} trainable parameters")
         return model, pp_train, pp_val
