@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base_model import Provenance
 from .contracts import DEFAULT_LAM, FINE_GRAINED, FUSION_FEATURE, FUSION_MODES, GLOBAL
 from .lora import BranchRouter, LoRAConfig, first_adapted_block, inject_lora, lora_layers, tower_transformers
+from .wrapper import OpenCLIPWrapper
 
 
 def fuse_features(features: Mapping[str, torch.Tensor], lam: float, mode: str = FUSION_FEATURE,
@@ -54,8 +54,12 @@ def fuse_features(features: Mapping[str, torch.Tensor], lam: float, mode: str = 
     return torch.cat([math.sqrt(lam) * first, math.sqrt(1.0 - lam) * second], dim=-1)
 
 
-class DualLoRAFusion(nn.Module):
+class DualLoRAFusion(OpenCLIPWrapper):
     """A T-CLIP model: an OpenCLIP CLIP with LoRA branches, usable wherever an OpenCLIP CLIP is.
+
+    The OpenCLIP interface (``visual``, ``lock_*``, attribute forwarding to ``base``, ...) comes from
+    :class:`~open_clip_thermal.wrapper.OpenCLIPWrapper`; this class adds the branches, their
+    temperatures and the fusion.
 
     Args:
         base: an OpenCLIP ``CLIP``/``CustomTextCLIP`` with its pretrained weights loaded.
@@ -68,12 +72,12 @@ class DualLoRAFusion(nn.Module):
             code that sets ``model.output_dict``; ``forward`` returns a dict either way (see :meth:`forward`).
     """
 
-    provenance: Optional[Provenance] = None  # set by the factory: model name, base model, base weights
+    FROZEN_BASE = "T-CLIP trains LoRA"  # lock_* must not freeze the LoRA matrices (OpenCLIP's lock would)
 
     def __init__(self, base: nn.Module, branches: Sequence[str] = (GLOBAL, FINE_GRAINED),
                  lora: Optional[LoRAConfig] = None, lam: float = DEFAULT_LAM, fusion: str = FUSION_FEATURE,
                  train_logit_scale: bool = True, output_dict: bool = True):
-        super().__init__()
+        super().__init__(output_dict)
         if not branches or len(set(branches)) != len(branches):
             raise ValueError(f"branches must be distinct names, got {list(branches)}")
         if fusion not in FUSION_MODES:
@@ -85,7 +89,6 @@ class DualLoRAFusion(nn.Module):
         self.lora_config = lora or LoRAConfig()
         self.lam = float(lam)
         self.fusion = fusion
-        self.output_dict = output_dict
         self.router: BranchRouter = inject_lora(base, self.lora_config, self.branches)
         init = base.logit_scale.detach().clone().float()
         self.logit_scales = nn.ParameterDict({
@@ -95,33 +98,10 @@ class DualLoRAFusion(nn.Module):
         self._first_adapted = {t: first_adapted_block(m) for t, m in self._towers.items()}
 
     # ------------------------------------------------------------------ OpenCLIP interface
-    def __getattr__(self, name: str):
-        """Fall back to the base model (``visual``, ``transformer``, ``context_length``, ...)."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            modules = self.__dict__.get("_modules", {})
-            if "base" not in modules:
-                raise
-            return getattr(modules["base"], name)
-
     @property
     def logit_scale(self) -> nn.Parameter:
         """The temperature open_clip_train clamps: the first branch's (each branch has its own)."""
         return self.logit_scales[self.branches[0]]
-
-    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False):
-        """Base weights are frozen already; OpenCLIP's ``lock`` would also freeze the LoRA matrices."""
-        if unlocked_groups:
-            raise ValueError("T-CLIP trains LoRA only; unlocking base image layers is not supported")
-
-    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True):
-        """See :meth:`lock_image_tower`."""
-        if unlocked_layers:
-            raise ValueError("T-CLIP trains LoRA only; unlocking base text layers is not supported")
-
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.base.set_grad_checkpointing(enable)
 
     # ------------------------------------------------------------------ branch plumbing
     def _resolve(self, branch: Union[None, str, Sequence[str]]) -> Tuple[str, ...]:
@@ -274,15 +254,7 @@ class DualLoRAFusion(nn.Module):
         """
         if text is not None and text.ndim == 3:
             return self._forward_both_branches(image, text)
-        out = {
-            "image_features": self.encode_image(image) if image is not None else None,
-            "text_features": self.encode_text(text) if text is not None else None,
-            "logit_scale": self.logit_scale.exp(),
-        }
-        logit_bias = getattr(self.base, "logit_bias", None)
-        if logit_bias is not None:
-            out["logit_bias"] = logit_bias
-        return out
+        return super().forward(image, text)
 
     def _forward_both_branches(self, image: torch.Tensor, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         if self.branches != (GLOBAL, FINE_GRAINED) or text.shape[1] != 2:

@@ -1,5 +1,6 @@
 """What OpenCLIP's own inference tests (``tests/test_inference.py`` of OpenCLIP 3.3.0) rely on, checked
-for every ``tclip-tiny-*`` model.
+for every ``tclip-tiny-*`` model, and the one OpenCLIP interface (``wrapper.OpenCLIPWrapper``) checked
+alike for each wrapper class: T-CLIP, CLIP-Adapter, DeCLIP.
 
 OpenCLIP's test builds each ``open_clip.list_models()`` name with ``create_model_and_transforms``
 (``pretrained=None``, no ``output_dict``), compares ``encode_text``/``encode_image`` of a seeded model
@@ -8,6 +9,7 @@ with saved outputs, and requires ``forward`` of any model class that is not its 
 file itself when a copy of OpenCLIP's tests is named by ``OPEN_CLIP_TESTS_DIR``.
 """
 import contextlib
+import copy
 import os
 import shutil
 import subprocess
@@ -23,9 +25,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import open_clip_thermal as oct
+from open_clip_thermal.baselines import ClipAdapterModel, DeclipConfig, DeclipModel
+from open_clip_thermal.wrapper import OpenCLIPWrapper
 
 TINY_NAMES = [n for n in oct.list_tclip_models() if n.startswith("tclip-tiny-")]
 OPENCLIP_KEYS = {"image_features", "text_features", "logit_scale"}
+TINY_BASE = "thermal-vit-tiny"  # the architecture of the tclip-tiny-* names
 CAPTIONS = ["thermal image of a pedestrian at night", "a car with warm tyres", "an empty road"]
 
 
@@ -187,6 +192,94 @@ def test_transforms_and_tokenizer(name):
         image = model.encode_image(val_tf(picture).unsqueeze(0))
         text = model.encode_text(tokens)
     assert image.shape == (1, _embed_dim(name)) and text.shape == (len(CAPTIONS), _embed_dim(name))
+
+
+# --------------------------------------------------------------------------- every wrapper, one interface
+def _tclip(base):
+    return oct.add_lora(base, branches=("global",))
+
+
+def _clip_adapter(base):
+    return ClipAdapterModel(base)
+
+
+def _declip(base):
+    return DeclipModel(base, DeclipConfig(queue_size=4))
+
+
+# wrapper -> (factory, state_dict prefixes as checkpoints hold them, whether lock_* calls OpenCLIP's lock)
+WRAPPERS = {
+    "tclip": (_tclip, {"base", "logit_scales"}, False),
+    "clip-adapter": (_clip_adapter, {"base", "adapter"}, False),
+    "declip": (_declip, {"online", "momentum", "image_queue", "text_queue"}, True),
+}
+# what OpenCLIP's trainer, transforms and tests read off a model besides forward/encode_*
+FORWARDED = ("visual", "context_length", "vocab_size", "transformer", "token_embedding", "ln_final")
+
+
+def _wrapped(kind, seed=0, **cfg_overrides):
+    cfg = open_clip.get_model_config(TINY_BASE)
+    torch.manual_seed(seed)
+    base = open_clip.CLIP(**cfg, **cfg_overrides)
+    return WRAPPERS[kind][0](base), base
+
+
+@pytest.mark.parametrize("kind", sorted(WRAPPERS))
+def test_wrapper_openclip_interface(kind):
+    model, base = _wrapped(kind)
+    assert isinstance(model, OpenCLIPWrapper) and type(model) not in (open_clip.CLIP, open_clip.CustomTextCLIP)
+    assert model.wrapped is base and model.provenance is None
+    for name in FORWARDED:
+        assert getattr(model, name) is getattr(base, name), name
+    assert isinstance(model.logit_scale, torch.nn.Parameter) and model.logit_bias is None
+    assert {k.split(".")[0] for k in model.state_dict()} == WRAPPERS[kind][1]  # checkpoints keep loading
+    model.eval()
+    image, text = torch.randn(3, 3, 64, 64), open_clip.get_tokenizer(TINY_NAMES[0])(CAPTIONS)
+    with torch.no_grad():
+        outs = []
+        for flag in (True, False):
+            model.output_dict = flag
+            outs.append(model(image, text))
+        expected_image, expected_text = model.encode_image(image, normalize=True), model.encode_text(text, normalize=True)
+        raw_image = model.encode_image(image, normalize=False)
+        only_image, only_text = model(image=image), model(text=text)
+    for out in outs:
+        assert type(out) is dict and set(out) == OPENCLIP_KEYS
+        assert torch.equal(out["image_features"], expected_image) and torch.equal(out["text_features"], expected_text)
+        torch.testing.assert_close(out["logit_scale"], model.logit_scale.exp())
+        assert torch.isfinite(open_clip.ClipLoss()(**out))
+    torch.testing.assert_close(F.normalize(raw_image, dim=-1), expected_image, rtol=0, atol=1e-6)
+    assert only_image["text_features"] is None and torch.equal(only_image["image_features"], expected_image)
+    assert only_text["image_features"] is None and torch.equal(only_text["text_features"], expected_text)
+    copied = copy.deepcopy(model)  # attribute forwarding must not recurse while copy rebuilds the object
+    assert copied.wrapped is not base and copied.context_length == base.context_length
+
+
+@pytest.mark.parametrize("kind", sorted(WRAPPERS))
+def test_wrapper_training_controls(kind):
+    model, base = _wrapped(kind)
+    model.set_grad_checkpointing(True)
+    assert base.visual.transformer.grad_checkpointing and base.transformer.grad_checkpointing
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    model.lock_image_tower()
+    model.lock_text_tower()
+    after = {n for n, p in model.named_parameters() if p.requires_grad}
+    if WRAPPERS[kind][2]:  # everything trains: OpenCLIP's own lock freezes the towers
+        assert not any(p.requires_grad for p in base.visual.parameters()) and after < trainable
+    else:  # the base is frozen already; OpenCLIP's lock would freeze what trains, so nothing changes
+        assert after == trainable and after
+        with pytest.raises(ValueError, match="unlocking base image layers is not supported"):
+            model.lock_image_tower(unlocked_groups=1)
+        with pytest.raises(ValueError, match="unlocking base text layers is not supported"):
+            model.lock_text_tower(unlocked_layers=1)
+
+
+@pytest.mark.parametrize("kind", sorted(WRAPPERS))
+def test_wrapper_passes_logit_bias(kind):
+    model, base = _wrapped(kind, init_logit_bias=-10.0)  # a SigLIP-style base
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, 3, 64, 64), open_clip.get_tokenizer(TINY_NAMES[0])(CAPTIONS[:2]))
+    assert set(out) == OPENCLIP_KEYS | {"logit_bias"} and out["logit_bias"] is base.logit_bias
 
 
 # --------------------------------------------------------------------------- OpenCLIP's own test file

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.func import functional_call
 
-from ..base_model import Provenance
+from ..wrapper import OpenCLIPWrapper
 from .clip_adapter import embedding_size
 
 
@@ -119,13 +119,15 @@ def _gather(features: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-class DeclipModel(nn.Module):
+class DeclipModel(OpenCLIPWrapper):
     """An OpenCLIP CLIP trained in full, with a momentum encoder and image/text feature queues.
 
     In training mode ``forward`` also returns the momentum embeddings of the batch and snapshots of
     both queues (taken before the batch is pushed), which :class:`.declip_loss.DeclipLoss` reads.
     Evaluation mode returns OpenCLIP's usual outputs. Always a dict, as OpenCLIP expects of model
-    classes other than its own ``CLIP``/``CustomTextCLIP``.
+    classes other than its own ``CLIP``/``CustomTextCLIP``. The encoders, ``lock_*`` (OpenCLIP's own:
+    everything trains here) and the rest of the interface are the online model's, through
+    :class:`~open_clip_thermal.wrapper.OpenCLIPWrapper`.
 
     Args:
         base: an OpenCLIP ``CLIP``/``CustomTextCLIP`` with its starting weights loaded (trained in place).
@@ -137,10 +139,10 @@ class DeclipModel(nn.Module):
     # The queues grow from all ranks' gathered features and the EMA follows identical weights, so the
     # buffers agree on every rank already; DDP's per-step broadcast of them would only cost bandwidth.
     ddp_broadcast_buffers = False
-    provenance: Optional[Provenance] = None  # set by the trainer: method, base model, base weights
+    WRAPPED = "online"  # the state_dict prefix of the trained CLIP (checkpoints keep it)
 
     def __init__(self, base: nn.Module, config: Optional[DeclipConfig] = None, output_dict: bool = True):
-        super().__init__()
+        super().__init__(output_dict)
         self.config = config or DeclipConfig()
         self.online = base
         self.momentum = MomentumWeights(base)
@@ -148,35 +150,6 @@ class DeclipModel(nn.Module):
         device = base.logit_scale.device
         self.image_queue = FeatureQueue(self.config.queue_size, dim).to(device)
         self.text_queue = FeatureQueue(self.config.queue_size, dim).to(device)
-        self.output_dict = output_dict
-
-    # ------------------------------------------------------------------ OpenCLIP interface
-    @property
-    def visual(self) -> nn.Module:
-        return self.online.visual
-
-    @property
-    def logit_scale(self) -> nn.Parameter:
-        return self.online.logit_scale
-
-    @property
-    def context_length(self) -> int:
-        return self.online.context_length
-
-    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False):
-        self.online.lock_image_tower(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
-
-    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True):
-        self.online.lock_text_tower(unlocked_layers=unlocked_layers, freeze_layer_norm=freeze_layer_norm)
-
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.online.set_grad_checkpointing(enable)
-
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        return self.online.encode_image(images, normalize=normalize)
-
-    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        return self.online.encode_text(text, normalize=normalize)
 
     # ------------------------------------------------------------------ momentum encoder
     @torch.no_grad()
@@ -193,10 +166,9 @@ class DeclipModel(nn.Module):
         return out[0], out[1]
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
-        image_features = self.encode_image(image, normalize=True) if image is not None else None
-        text_features = self.encode_text(text, normalize=True) if text is not None else None
-        out = {"image_features": image_features, "text_features": text_features,
-               "logit_scale": self.logit_scale.exp()}
+        """OpenCLIP's dict (:meth:`OpenCLIPWrapper.forward`); in training mode with both inputs also the
+        momentum embeddings and the queue snapshots, then the batch's momentum embeddings are queued."""
+        out = super().forward(image, text)
         if self.training and image is not None and text is not None:
             momentum_image, momentum_text = self.momentum_features(image, text)
             out.update(momentum_image_features=momentum_image, momentum_text_features=momentum_text,
