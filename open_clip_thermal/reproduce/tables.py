@@ -1,0 +1,379 @@
+"""From finished runs to the paper's tables: one benchmark per experiment, then the table in the paper's layout.
+
+The benchmark (``python -m open_clip_thermal.benchmark``, a child process logging to
+``results/<experiment>/benchmark.log``) scores every row of an experiment on its test set with all seeds,
+sharing one embedding cache between experiments. This module then picks the rows the table shows, in
+the table's order and with the paper's names, and writes ``tables/<experiment>.md`` and ``.json`` (and
+the figure PNGs for fig1, fig4 and fig7).
+"""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..files import atomic_write_json, atomic_write_text
+from .execute import read_marker
+from .plan import BRANCH_KINDS, Plan, TrainRun, training_rows
+
+DIRECTIONS = {"image_to_text": "I→T", "text_to_image": "T→I"}
+CAPTION_NAMES = {"global": "global captions", "fine-grained": "fine-grained captions"}
+GAIN_REFERENCE_ROW = "lora-global"  # the paper's gain row: T-CLIP (Dual) minus Global LoRA
+
+
+class AssemblyError(RuntimeError):
+    """The tables cannot be assembled (runs missing, the benchmark failed); the message says what to do."""
+
+
+def _set_name(train_set: Sequence[str]) -> str:
+    return "+".join(train_set)
+
+
+def _tag(row: str, train_set: Sequence[str], several_sets: bool) -> str:
+    return f"{row}.{_set_name(train_set)}" if several_sets else row
+
+
+def _weights(run: TrainRun, plan: Plan) -> str:
+    return str(run.weights(plan.out))
+
+
+def variant_specs(plan: Plan, experiment_id: str) -> List[Tuple[str, str, str, Tuple[str, ...]]]:
+    """``(row, benchmark variant spec, benchmark variant name, training set)`` for each trained row."""
+    experiment = plan.definitions["experiments"][experiment_id]
+    models = plan.definitions["scales"][plan.scale]["models"]
+    several = len(experiment["train"]) > 1
+    specs = []
+    for train_set in experiment["train"]:
+        train_set = tuple(train_set)
+        for row in experiment["rows"]:
+            spec = plan.definitions["rows"][row]
+            tag = _tag(row, train_set, several)
+            if "pair" in spec:
+                first, second = spec["pair"]
+                seeds = [f"{_weights(plan.run_for(first, train_set, s), plan)}+"
+                         f"{_weights(plan.run_for(second, train_set, s), plan)}" for s in plan.seeds]
+                specs.append((row, f"tclip/{tag}={models['dual']}:{','.join(seeds)}", f"tclip/{tag}", train_set))
+            elif "train" in spec:
+                runs = [plan.run_for(row, train_set, s) for s in plan.seeds]
+                method = runs[0].method
+                if method == "lora":
+                    kind, model = BRANCH_KINDS[runs[0].config["branch"]], runs[0].config["model"]
+                elif method == "clip-adapter":
+                    kind, model = "clip-adapter", "clip-adapter"
+                else:
+                    kind, model = method, models["base"]
+                weights = ",".join(_weights(r, plan) for r in runs)
+                specs.append((row, f"{kind}/{tag}={model}:{weights}", f"{kind}/{tag}", train_set))
+    return specs
+
+
+def benchmark_command(plan: Plan, experiment_id: str, plots: bool = True) -> List[str]:
+    """The benchmark call that scores every row of ``experiment_id`` (all seeds) on its test set."""
+    experiment = plan.definitions["experiments"][experiment_id]
+    models = plan.definitions["scales"][plan.scale]["models"]
+    command = [sys.executable, "-m", "open_clip_thermal.benchmark",
+               "--data", plan.datasets[experiment["test"]].test,
+               "--out", str(plan.out / "results" / experiment_id), "--cache-dir", str(plan.out / "embedding_cache"),
+               "--base-model", models["base"], "--base-pretrained", plan.base]
+    for _, spec, _, _ in variant_specs(plan, experiment_id):
+        command += ["--variant", spec]
+    if "zeroshot" not in experiment["rows"]:
+        command.append("--no-zeroshot")
+    if not plots:
+        command.append("--no-plots")
+    return command
+
+
+def run_benchmark(plan: Plan, experiment_id: str, plots: bool = True) -> Dict:
+    """Run the benchmark of one experiment (output in ``results/<id>/``) and return its results.json."""
+    out = plan.out / "results" / experiment_id
+    out.mkdir(parents=True, exist_ok=True)
+    command = benchmark_command(plan, experiment_id, plots=plots)
+    with open(out / "benchmark.log", "w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise AssemblyError(f"the benchmark of experiment {experiment_id} failed (exit status {code}); "
+                            f"see {out / 'benchmark.log'}")
+    return json.loads((out / "results.json").read_text())
+
+
+def _cell(cell: Mapping) -> str:
+    text = f"{100 * cell['mean']:.2f}"
+    return text + (f" ± {100 * cell['std']:.2f}" if cell.get("std") is not None else "")
+
+
+def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> List[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(cells) + " |" for cells in body]]
+
+
+def table_rows(plan: Plan, experiment_id: str, results: Mapping) -> List[Dict]:
+    """The table's rows, in its order and with its names: ``label``, ``row``, ``train_set``, ``benchmark_label``,
+    ``recall`` (direction -> K -> mean/std over seeds, fractions) and ``mean_recall``."""
+    experiment = plan.definitions["experiments"][experiment_id]
+    several = len(experiment["train"]) > 1
+    by_variant: Dict[str, List[Mapping]] = {}
+    for row in results["rows"]:
+        by_variant.setdefault(row["variant"], []).append(row)
+    variants = {(row, train_set): name for row, _, name, train_set in variant_specs(plan, experiment_id)}
+    table: List[Dict] = []
+
+    def add(label: str, row: str, train_set: Optional[Tuple[str, ...]], result: Mapping) -> None:
+        if several and train_set is not None:
+            label = f"{label} (trained on {' + '.join(s.upper() for s in train_set)})"
+        table.append({"label": label, "row": row, "train_set": list(train_set) if train_set else None,
+                      "benchmark_label": result["label"], "recall": result["recall"],
+                      "mean_recall": result["mean_recall"], "n_seeds": result["n_seeds"]})
+
+    for row in experiment["rows"]:
+        spec = plan.definitions["rows"][row]
+        if "train" not in spec and "pair" not in spec:  # zero-shot: one set of rows, no training set
+            for result in by_variant.get("zeroshot", []):
+                add(spec["labels"][result["label"]], row, None, result)
+            continue
+        for train_set in experiment["train"]:
+            train_set = tuple(train_set)
+            name = variants[(row, train_set)]
+            if "pair" in spec:
+                tag = name.split("/", 1)[1]
+                for kind, label in spec["labels"].items():
+                    for result in by_variant[f"{kind}/{tag}"]:
+                        add(label, row, train_set, result)
+            else:
+                results_of_row = by_variant[name]
+                for result in results_of_row:
+                    caption = result["label"][len(name):].strip(" ()")
+                    label = spec["label"] + (f" ({CAPTION_NAMES.get(caption, caption)})" if len(results_of_row) > 1 else "")
+                    add(label, row, train_set, result)
+    return table
+
+
+def gain_rows(table: Sequence[Mapping]) -> List[Dict]:
+    """Per T-CLIP (Dual) row: its recall minus the Global LoRA row of the same training set, in points."""
+    gains = []
+    for row in table:
+        if not row["benchmark_label"].startswith("tclip-dual"):
+            continue
+        reference = next((r for r in table if r["row"] == GAIN_REFERENCE_ROW and r["train_set"] == row["train_set"]), None)
+        if reference is None:
+            continue
+        gains.append({"label": f"Δ {row['label']} − {reference['label']}", "of": row["label"], "reference": reference["label"],
+                      "points": {d: {k: 100 * (row["recall"][d][k]["mean"] - reference["recall"][d][k]["mean"])
+                                     for k in row["recall"][d]} for d in DIRECTIONS}})
+    return gains
+
+
+def recall_markdown(title: str, table: Sequence[Mapping], gains: Sequence[Mapping], note: str) -> str:
+    """The table in the paper's layout: I→T and T→I Recall@K as mean ± std over seeds, then the gain rows."""
+    ks = list(table[0]["recall"]["image_to_text"])
+    header = ["Method", *[f"{arrow} R@{k}" for arrow in DIRECTIONS.values() for k in ks]]
+    body = [[r["label"], *[_cell(r["recall"][d][k]) for d in DIRECTIONS for k in ks]] for r in table]
+    body += [[g["label"], *[f"{g['points'][d][k]:+.2f}" for d in DIRECTIONS for k in ks]] for g in gains]
+    return "\n".join([f"# {title}", "", note, "", *_markdown_table(header, body), ""])
+
+
+TEMPERATURE_NAME = "logit_scale"  # the learned InfoNCE temperature, saved with every run's weights
+
+
+def trainable_parameters(path: Path) -> int:
+    """Number of values in the saved trainable weights (every safetensors file of an adapter folder, or the
+    model file), without the learned temperature, so that a LoRA branch counts as the paper counts it."""
+    from safetensors import safe_open
+    files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="numpy") as tensors:
+            for name in tensors.keys():
+                if name.split(".")[-1] == TEMPERATURE_NAME:
+                    continue
+                count = 1
+                for size in tensors.get_slice(name).get_shape():
+                    count *= size
+                total += count
+    return total
+
+
+def cost_rows(plan: Plan, experiment_id: str, table: Sequence[Mapping]) -> List[Dict]:
+    """Table 7: per trained row, the trainable parameters, the training wall time and the encoder passes."""
+    experiment = plan.definitions["experiments"][experiment_id]
+    rows = []
+    for row in experiment["rows"]:
+        spec = plan.definitions["rows"][row]
+        if "train" not in spec and "pair" not in spec:
+            continue
+        parts = spec["pair"] if "pair" in spec else [row]
+        for train_set in experiment["train"]:
+            train_set = tuple(train_set)
+            per_seed = [[plan.run_for(p, train_set, seed) for p in parts] for seed in plan.seeds]
+            seconds = [sum(read_marker(r, plan.out)["seconds"] for r in runs) for runs in per_seed]
+            mean = sum(seconds) / len(seconds)
+            std = (sum((s - mean) ** 2 for s in seconds) / (len(seconds) - 1)) ** 0.5 if len(seconds) > 1 else None
+            label = spec.get("label") or spec["labels"].get("tclip-dual", row)
+            rows.append({"label": label, "row": row, "runs_per_seed": len(parts),
+                         "trainable_parameters": sum(trainable_parameters(r.weights(plan.out)) for r in per_seed[0]),
+                         "training_seconds": {"mean": mean, "std": std},
+                         "encoder_passes": len(parts),
+                         "mean_recall": next((r["mean_recall"] for r in table if r["row"] == row and
+                                              r["benchmark_label"].split("/")[0] in ("tclip-dual", *BRANCH_KINDS.values(),
+                                                                                      "clip-adapter", "declip", "full")),
+                                             None)})
+    return rows
+
+
+def cost_markdown(title: str, rows: Sequence[Mapping], note: str) -> str:
+    body = [[r["label"], f"{r['trainable_parameters']:,}", str(r["runs_per_seed"]),
+             f"{r['training_seconds']['mean']:.1f}" + (f" ± {r['training_seconds']['std']:.1f}"
+                                                      if r["training_seconds"]["std"] is not None else ""),
+             str(r["encoder_passes"]), "" if r["mean_recall"] is None else f"{100 * r['mean_recall']:.2f}"]
+            for r in rows]
+    header = ["Method", "trainable parameters", "training runs", "training wall time per seed (s)",
+              "encoder passes per image / caption", "mean recall %"]
+    return "\n".join([f"# {title}", "", note, "", *_markdown_table(header, body), ""])
+
+
+def gap_markdown(title: str, results: Mapping, table: Sequence[Mapping], note: str) -> str:
+    gap = results["thermal_gap"]
+    names = {r["benchmark_label"]: r["label"] for r in table}
+    body = [[names.get(label, label), f"{cell['mean']:.4f}", "" if cell["std"] is None else f"{cell['std']:.4f}"]
+            for label, cell in gap["per_row"].items() if label in names]
+    tests = [[names.get(t["model_a"], t["model_a"]), names.get(t["model_b"], t["model_b"]), f"{t['t']:.3f}",
+              f"{t['p']:.3g}", f"{t['p_bh']:.3g}", "yes" if t["significant"] else "no"] for t in gap["tests"]]
+    lines = [f"# {title}", "", note, "", *_markdown_table(["Method", "matched-pair cosine (mean)", "std over pairs"], body),
+             "", f"Welch's t-tests, Benjamini–Hochberg over this family of {len(tests)} (FDR {gap['alpha']}):", ""]
+    if gap.get("note"):
+        lines += [gap["note"], ""]
+    lines += _markdown_table(["A", "B", "t", "p", "p (BH)", "significant"], tests)
+    return "\n".join(lines + [""])
+
+
+def lambda_markdown(title: str, results: Mapping, table: Sequence[Mapping], note: str) -> str:
+    names = {r["benchmark_label"]: r["label"] for r in table}
+    lines = [f"# {title}", "", note, ""]
+    for label, sweep in results["lambda_sweep"].items():
+        lines += [f"## {names.get(label, label)}", "",
+                  f"best λ: feature fusion {sweep['feature']['best_lambda']:g}, score fusion {sweep['score']['best_lambda']:g}", ""]
+        lines += _markdown_table(["λ", "mean recall %, feature fusion", "mean recall %, score fusion"],
+                                 [[f"{lam:g}", f"{100 * f:.2f}", f"{100 * s:.2f}"] for lam, f, s in
+                                  zip(sweep["lambdas"], sweep["feature"]["mean_recall"], sweep["score"]["mean_recall"])])
+        lines.append("")
+    return "\n".join(lines)
+
+
+def variant_labels(plan: Plan, experiment_id: str) -> Dict[str, str]:
+    """Benchmark variant name -> the table's name for it (the T-CLIP kinds of a pair row each get theirs)."""
+    names = {"zeroshot": "CLIP zero-shot"}
+    for row, _, name, _ in variant_specs(plan, experiment_id):
+        spec = plan.definitions["rows"][row]
+        if "pair" in spec:
+            tag = name.split("/", 1)[1]
+            for kind in ("tclip-global", "tclip-fg", "tclip-dual"):
+                names[f"{kind}/{tag}"] = spec["labels"].get(kind, f"{kind} ({row})")
+        else:
+            names[name] = spec["label"]
+    return names
+
+
+def geometry_markdown(title: str, results: Mapping, note: str, names: Mapping[str, str]) -> str:
+    lines = [f"# {title}", "", note, "", f"Image features grouped by `{results['config']['group_field']}`; rows "
+             "whose models share image features (the T-CLIP rows of one pair of runs) are shown once.", ""]
+    body = []
+    for variants, geometry in results["geometry"].items():
+        variant = ", ".join(names.get(v, v) for v in variants.split(", "))
+        angle = geometry.get("branch_angle_deg")
+        for branch, groups in geometry["branches"].items():
+            cells = ", ".join(f"{g}: {v['mean_cosine']:.4f} (n={v['count']})" if v["mean_cosine"] is not None
+                              else f"{g}: n/a (n=1)" for g, v in groups.items())
+            body.append([variant, branch, cells, f"{angle['mean']:.2f}°" if angle else ""])
+    lines += _markdown_table(["Variant", "Branch", "mean intra-group cosine", "angle G↔F"], body)
+    return "\n".join(lines + [""])
+
+
+def plot_geometry(results: Mapping, path: Path) -> Optional[Path]:
+    """Bar chart of the mean intra-group cosine per variant/branch and group (None without matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    bars = [(f"{variant}\n{branch}", group, cell["mean_cosine"]) for variant, geometry in results["geometry"].items()
+            for branch, groups in geometry["branches"].items() for group, cell in groups.items()
+            if cell["mean_cosine"] is not None]
+    if not bars:
+        return None
+    groups = list(dict.fromkeys(b[1] for b in bars))
+    names = list(dict.fromkeys(b[0] for b in bars))
+    figure, axes = plt.subplots(figsize=(max(6, 1.4 * len(names)), 4))
+    width = 0.8 / len(groups)
+    for g, group in enumerate(groups):
+        values = {name: value for name, grp, value in bars if grp == group}
+        axes.bar([i + g * width for i in range(len(names))], [values.get(n, 0.0) for n in names], width, label=str(group))
+    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, fontsize=7)
+    axes.set_ylabel("mean intra-group cosine")
+    axes.legend(title=results["config"]["group_field"])
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def assemble(plan: Plan, experiment_id: str, plots: bool = True) -> Dict[str, Path]:
+    """Benchmark one experiment and write its table (Markdown + JSON) and figures under ``tables/``."""
+    experiment = plan.definitions["experiments"][experiment_id]
+    results = run_benchmark(plan, experiment_id, plots=plots)
+    table = table_rows(plan, experiment_id, results)
+    tables = plan.out / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    seeds = ", ".join(str(s) for s in plan.seeds)
+    note = (f"Recall@K in %, mean ± std over training seeds {seeds}; {results['config']['n_samples']} test pairs "
+            f"({experiment['test'].upper()}); scale {plan.scale}, base {plan.base}; hit rule: "
+            f"{results['config']['protocol']}. Full benchmark output: results/{experiment_id}/results.md.")
+    record = {"experiment": experiment_id, "title": experiment["title"], "scale": plan.scale, "base": plan.base,
+              "seeds": list(plan.seeds), "test": experiment["test"], "n_test_pairs": results["config"]["n_samples"],
+              "rows": table, "runs": sorted({run.name for row in experiment["rows"] for train_set in experiment["train"]
+                                             for part in training_rows(plan.definitions, row) for run in
+                                             [plan.run_for(part, tuple(train_set), s) for s in plan.seeds]})}
+    written = {}
+    output = experiment["output"]
+    if output == "recall":
+        record["gains"] = gain_rows(table)
+        markdown = recall_markdown(experiment["title"], table, record["gains"], note)
+    elif output == "cost":
+        record["cost"] = cost_rows(plan, experiment_id, table)
+        markdown = cost_markdown(experiment["title"], record["cost"],
+                                 f"Trainable parameters: values in the saved trainable weights of one seed's run(s), without the "
+                                 f"learned temperature (one more value per trained model). "
+                                 f"Wall time: the training command of each run, summed over the runs a row needs, mean ± std "
+                                 f"over seeds {seeds} (machine-dependent). Mean recall: both directions and all K.")
+    elif output == "gap":
+        record["thermal_gap"] = results["thermal_gap"]
+        markdown = gap_markdown(experiment["title"], results, table, note)
+        written.update(_copy_plot(plan, experiment_id, results, "thermal_gap", tables))
+    elif output == "lambda":
+        record["lambda_sweep"] = results["lambda_sweep"]
+        markdown = lambda_markdown(experiment["title"], results, table, note)
+        for name in results.get("plots", {}):
+            if name.startswith("lambda_sweep"):
+                written.update(_copy_plot(plan, experiment_id, results, name, tables))
+    elif output == "geometry":
+        record["geometry"] = results["geometry"]
+        markdown = geometry_markdown(experiment["title"], results, note, variant_labels(plan, experiment_id))
+        if plots:
+            png = plot_geometry(results, tables / f"{experiment_id}_geometry.png")
+            if png is not None:
+                written["geometry"] = png
+    else:
+        raise AssemblyError(f"experiment {experiment_id}: unknown output {output!r}")
+    written["markdown"] = atomic_write_text(tables / f"{experiment_id}.md", markdown)
+    written["json"] = atomic_write_json(tables / f"{experiment_id}.json", record, indent=2)
+    return written
+
+
+def _copy_plot(plan: Plan, experiment_id: str, results: Mapping, name: str, tables: Path) -> Dict[str, Path]:
+    source = results.get("plots", {}).get(name)
+    if not source:
+        return {}
+    target = tables / f"{experiment_id}_{Path(source).name}"
+    shutil.copyfile(plan.out / "results" / experiment_id / source, target)
+    return {name: target}
