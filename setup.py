@@ -15,7 +15,8 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["open_clip_thermal", "open_clip_thermal.*"]),
     package_data={"open_clip_thermal": ["model_configs/*.json", "tclip_configs/*.json", "ircap/prompts/*.txt",
-                                        "ircap/lexicons/*.json", "classify/*.json"]},
+                                        "ircap/lexicons/*.json", "classify/*.json",
+                                        "reproduce/*.json"]},
     python_requires=">=3.9",
     install_requires=[
         # Loose ranges: the README's install command picks the exact torch builds. torch>=2.6: from 2.6
@@ -49,6 +50,7 @@ setup(
             "tclip-benchmark=open_clip_thermal.benchmark:main",
             "tclip-ircap=open_clip_thermal.ircap:main",
             "tclip-quickstart=open_clip_thermal.quickstart:main",
+            "tclip-reproduce=open_clip_thermal.reproduce:main",
         ],
     },
 )
