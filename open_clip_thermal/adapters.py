@@ -11,23 +11,22 @@ frozen backbone, never with pickle. :func:`export_merged` writes one branch fold
 weights as a plain OpenCLIP checkpoint that stock ``open_clip.create_model`` loads.
 """
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional, Union
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+import torch.nn as nn
+from safetensors.torch import save_file
 
 from .base_model import activation_of, check_activation, export_metadata, provenance_of
-from .files import atomic_write
+# the file layer's names, re-exported: ``from open_clip_thermal.adapters import AdapterError`` keeps working
+from .files import (CONFIG_NAME, WEIGHTS_NAME, AdapterError, atomic_write, atomic_write_json, check_finite,
+                    read_config_file, read_weights_file)
 from .model import DualLoRAFusion
 from .lora import LoRAConfig
 from .version import __version__
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "open_clip_thermal.lora_adapter"
 PathLike = Union[str, os.PathLike]
 # model attribute holding the training run's thermal normalisation (data.decode.ThermalNorm.to_dict());
@@ -35,11 +34,7 @@ PathLike = Union[str, os.PathLike]
 THERMAL_NORM_ATTR = "tclip_thermal_norm"
 
 
-class AdapterError(ValueError):
-    """An adapter folder that is missing, corrupt or does not fit the model."""
-
-
-def base_fingerprint(model: DualLoRAFusion) -> str:
+def base_fingerprint(model: nn.Module) -> str:
     """A cheap hash of the frozen base weights: names, shapes and the first 1024 values of each tensor.
 
     Enough to tell two different pretrained weights of one architecture apart without hashing the
@@ -55,11 +50,27 @@ def base_fingerprint(model: DualLoRAFusion) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
-def _check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
-    """Refuse to write NaN/inf weights: :class:`AdapterError` naming the tensor."""
-    for key, value in tensors.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise AdapterError(f"refusing to write {what}: {key} holds non-finite values (NaN/inf)")
+def check_saved_base(config: dict, model: nn.Module, what: str, strict_base: bool = True) -> None:
+    """Refuse a saved folder whose base does not fit ``model.base``: another activation (always), or
+    other base weights by the recorded fingerprint (unless ``strict_base=False``).
+
+    Args:
+        config: the folder's parsed ``adapter_config.json`` (``activation``, ``base_fingerprint``, ...).
+        model: a wrapper with the base under ``model.base`` (T-CLIP, CLIP-Adapter).
+        what: the folder as error messages name it (``'adapter runs/x/adapters'``).
+
+    Raises:
+        AdapterError: naming ``what`` and the mismatch.
+    """
+    try:
+        check_activation(config.get("activation"), model.base, what)
+    except ValueError as e:
+        raise AdapterError(str(e)) from None
+    fingerprint = config.get("base_fingerprint")
+    if strict_base and fingerprint and fingerprint != base_fingerprint(model):
+        raise AdapterError(f"{what} was saved on other base weights than this model's "
+                           f"(base_pretrained={config.get('base_pretrained')!r}); load the same base "
+                           "weights or pass strict_base=False")
 
 
 def _branch_tensors(model: DualLoRAFusion, branch: str) -> Dict[str, torch.Tensor]:
@@ -104,13 +115,12 @@ def save_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[It
     for b in names:
         if b not in model.branches:
             raise AdapterError(f"model has no branch {b!r} (branches: {list(model.branches)})")
-        _check_finite(_branch_tensors(model, b), f"adapter branch {b!r} to {folder}")
+        check_finite(_branch_tensors(model, b), f"adapter branch {b!r} to {folder}")
     for b in names:
         tensors = _branch_tensors(model, b)
         atomic_write(folder / b / WEIGHTS_NAME,
                       lambda tmp, t=tensors: save_file(t, tmp, metadata={"format": FORMAT, "branch": b}))
-    config = adapter_config(model, names)
-    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    atomic_write_json(folder / CONFIG_NAME, adapter_config(model, names))
     return folder
 
 
@@ -126,27 +136,6 @@ def adapter_folder(path: PathLike) -> Optional[Path]:
             if (candidate / CONFIG_NAME).is_file():
                 return candidate
     return None
-
-
-def read_config_file(folder: PathLike, expected_format: str, required: Iterable[str], what: str) -> dict:
-    """Parse ``folder/adapter_config.json`` and check its format tag and required keys.
-
-    Raises:
-        AdapterError: naming the file, for a missing file, invalid JSON, another format or a missing key.
-    """
-    path = Path(folder) / CONFIG_NAME
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AdapterError(f"no {CONFIG_NAME} in {what} folder {folder}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterError(f"{what} config {path} is not valid JSON: {e}") from None
-    if config.get("format") != expected_format:
-        raise AdapterError(f"{path} is not a valid {what} config (format={config.get('format')!r})")
-    for key in required:
-        if key not in config:
-            raise AdapterError(f"{what} config {path} lacks {key!r}")
-    return config
 
 
 def read_adapter_config(folder: PathLike) -> dict:
@@ -179,19 +168,11 @@ def load_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Ma
     if base_model and config["base_model"] != base_model:
         raise AdapterError(f"adapter {folder_path} was trained on base {config['base_model']!r}, "
                            f"this model's base is {base_model!r}")
-    try:
-        check_activation(config.get("activation"), model.base, f"adapter {folder_path}")
-    except ValueError as e:
-        raise AdapterError(str(e)) from None
     saved_lora = LoRAConfig.from_dict(config["lora"])
     if saved_lora != model.lora_config:
         raise AdapterError(f"adapter {folder_path} has LoRA settings {saved_lora.to_dict()}, the model has "
                            f"{model.lora_config.to_dict()}; create the model with matching settings")
-    fingerprint = config.get("base_fingerprint")
-    if strict_base and fingerprint and fingerprint != base_fingerprint(model):
-        raise AdapterError(f"adapter {folder_path} was saved on other base weights than this model's "
-                           f"(base_pretrained={config.get('base_pretrained')!r}); load the same base "
-                           "weights or pass strict_base=False")
+    check_saved_base(config, model, f"adapter {folder_path}", strict_base)
     if as_branch is not None:
         if branches is not None or len(config["branches"]) != 1:
             raise AdapterError(f"as_branch needs a single-branch adapter folder and no branches= mapping; "
@@ -205,16 +186,6 @@ def load_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Ma
             raise AdapterError(f"model has no branch {target!r} (branches: {list(model.branches)})")
         _load_branch(model, folder_path / saved / WEIGHTS_NAME, target)
     return model
-
-
-def read_weights_file(path: Path, what: str) -> Dict[str, torch.Tensor]:
-    """Load a safetensors file; :class:`AdapterError` names the file when it is missing or unreadable."""
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise AdapterError(f"{what} weights {path} missing") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterError(f"{what} weights {path} cannot be read: {e}") from None
 
 
 def _load_branch(model: DualLoRAFusion, path: Path, branch: str) -> None:
@@ -246,7 +217,7 @@ def export_merged(model: DualLoRAFusion, branch: Optional[str], path: PathLike) 
     QuickGELU; stock OpenCLIP needs ``force_quick_gelu=True`` for those."""
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.merged_state_dict(branch).items()}
-    _check_finite(state, f"merged export {path}")
+    check_finite(state, f"merged export {path}")
     if path.suffix == ".safetensors":
         metadata = dict(export_metadata(model), method=f"tclip-lora:{branch}")
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))

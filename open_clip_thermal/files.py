@@ -1,4 +1,4 @@
-"""Writing files so that a reader, or a crash, never sees half of one: the package's one atomic-write rule.
+"""The package's file layer: the one atomic-write rule, and reading back the folders it writes.
 
 Every writer of a file that another step reads back (adapter folders, exports, checkpoints, manifests,
 caches, annotation files) goes through :func:`atomic_write`: the content is written to a temporary
@@ -6,15 +6,32 @@ file in the destination folder, flushed to disk, and renamed over the destinatio
 atomic on POSIX and Windows). A process killed at any point leaves either the old file or the new
 one, plus at most a ``*.tmp`` file that the next write does not trip over. :func:`atomic_replace_dir`
 does the same for a folder of files.
+
+Saved model folders (LoRA adapter folders, CLIP-Adapter folders) share two file names,
+:data:`CONFIG_NAME` and :data:`WEIGHTS_NAME`, and are read back through :func:`read_config_file` and
+:func:`read_weights_file`, which turn every way a file can be missing or broken into one
+:class:`AdapterError` naming the file; :func:`check_finite` refuses NaN/inf weights before they are
+written. Standard library only at import time (``convert --help`` imports this module): torch and
+safetensors are imported inside the functions that need them.
 """
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Mapping, Union
+
+if TYPE_CHECKING:  # annotations only; imported lazily where used
+    import torch
 
 PathLike = Union[str, os.PathLike]
+
+CONFIG_NAME = "adapter_config.json"  # the JSON description of a saved folder (PEFT's name)
+WEIGHTS_NAME = "adapter_model.safetensors"  # its weights, never pickled (PEFT's name)
+
+
+class AdapterError(ValueError):
+    """An adapter folder that is missing, corrupt or does not fit the model."""
 
 
 def _fsync(path: PathLike) -> None:
@@ -84,3 +101,51 @@ def atomic_replace_dir(folder: PathLike, fill: Callable[[Path], Any]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+# ----------------------------------------------------------------------------- saved model folders
+def read_config_file(folder: PathLike, expected_format: str, required: Iterable[str], what: str) -> dict:
+    """Parse ``folder/adapter_config.json`` and check its format tag and required keys.
+
+    Args:
+        folder: the saved folder.
+        expected_format: the ``format`` value the file must hold.
+        required: keys the file must have.
+        what: the folder's kind in error messages (``'open_clip_thermal adapter'``, ``'CLIP-Adapter'``).
+
+    Raises:
+        AdapterError: naming the file, for a missing file, invalid JSON, another format or a missing key.
+    """
+    path = Path(folder) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AdapterError(f"no {CONFIG_NAME} in {what} folder {folder}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{what} config {path} is not valid JSON: {e}") from None
+    if config.get("format") != expected_format:
+        raise AdapterError(f"{path} is not a valid {what} config (format={config.get('format')!r})")
+    for key in required:
+        if key not in config:
+            raise AdapterError(f"{what} config {path} lacks {key!r}")
+    return config
+
+
+def read_weights_file(path: PathLike, what: str) -> Dict[str, "torch.Tensor"]:
+    """Load a safetensors file; :class:`AdapterError` names the file when it is missing or unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise AdapterError(f"{what} weights {path} missing") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{what} weights {path} cannot be read: {e}") from None
+
+
+def check_finite(tensors: Mapping[str, "torch.Tensor"], what: str) -> None:
+    """Refuse to write NaN/inf weights: :class:`AdapterError` naming the tensor and ``what`` was to be written."""
+    import torch
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise AdapterError(f"refusing to write {what}: {key} holds non-finite values (NaN/inf)")

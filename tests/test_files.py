@@ -1,4 +1,5 @@
-"""The atomic-write rule (open_clip_thermal/files.py): a failed write leaves the old content and no debris."""
+"""The file layer (open_clip_thermal/files.py): a failed write leaves the old content and no debris; saved
+folders read back with one clear AdapterError per way a file can be missing or broken; no torch at import."""
 import json
 import os
 import subprocess
@@ -7,7 +8,9 @@ import textwrap
 
 import pytest
 
-from open_clip_thermal.files import atomic_replace_dir, atomic_write, atomic_write_json
+from open_clip_thermal import files
+from open_clip_thermal.files import (CONFIG_NAME, AdapterError, atomic_replace_dir, atomic_write, atomic_write_json,
+                                    check_finite, read_config_file, read_weights_file)
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
@@ -53,3 +56,48 @@ def test_replace_dir_swaps_whole_folders(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["two.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapters"]
     assert os.stat(atomic_write(tmp_path / "m", lambda t: open(t, "w").write("m"), mode=0o644)).st_mode & 0o777 == 0o644
+
+
+def test_file_layer_imports_no_torch():
+    script = ("import sys; import open_clip_thermal.files as f; "
+              "print('torch' in sys.modules, 'safetensors' in sys.modules, f.CONFIG_NAME)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", CONFIG_NAME]
+
+
+def test_adapters_reexports_the_file_layer():
+    from open_clip_thermal import adapters
+    for name in ("AdapterError", "CONFIG_NAME", "WEIGHTS_NAME", "read_config_file", "read_weights_file",
+                 "check_finite"):
+        assert getattr(adapters, name) is getattr(files, name), name
+
+
+def test_read_config_file_names_each_problem(tmp_path):
+    with pytest.raises(AdapterError, match=f"no {CONFIG_NAME} in kind folder"):
+        read_config_file(tmp_path, "fmt", (), "kind")
+    path = tmp_path / CONFIG_NAME
+    for text, message in (("{", "is not valid JSON"), ('{"format": "other"}', "format='other'"),
+                          ('{"format": "fmt"}', "lacks 'rank'")):
+        path.write_text(text)
+        with pytest.raises(AdapterError, match=message) as caught:
+            read_config_file(tmp_path, "fmt", ("rank",), "kind")
+        assert str(path) in str(caught.value)
+    path.write_text(json.dumps({"format": "fmt", "rank": 8}))
+    assert read_config_file(tmp_path, "fmt", ("rank",), "kind") == {"format": "fmt", "rank": 8}
+
+
+def test_read_weights_file_and_check_finite(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    good = {"a": torch.arange(4, dtype=torch.float32), "steps": torch.tensor([3])}
+    save_file(good, str(tmp_path / "w.safetensors"))
+    loaded = read_weights_file(tmp_path / "w.safetensors", "test")
+    assert set(loaded) == {"a", "steps"} and torch.equal(loaded["a"], good["a"])
+    with pytest.raises(AdapterError, match="test weights .*missing.safetensors missing"):
+        read_weights_file(tmp_path / "missing.safetensors", "test")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00not safetensors")
+    with pytest.raises(AdapterError, match="bad.safetensors cannot be read"):
+        read_weights_file(tmp_path / "bad.safetensors", "test")
+    check_finite(good, "the weights")  # integer tensors are not checked, finite floats pass
+    with pytest.raises(AdapterError, match=r"refusing to write the weights: b holds non-finite values"):
+        check_finite({**good, "b": torch.tensor([1.0, float("nan")])}, "the weights")

@@ -15,10 +15,10 @@ from typing import Optional, Union
 
 from safetensors.torch import save_file
 
-from ..adapters import (CONFIG_NAME, WEIGHTS_NAME, AdapterError, base_fingerprint,
-                        read_config_file, read_weights_file)
-from ..files import atomic_write
-from ..base_model import Provenance, activation_of, build_base, check_activation, provenance_of
+from ..adapters import base_fingerprint, check_saved_base
+from ..files import (CONFIG_NAME, WEIGHTS_NAME, AdapterError, atomic_write, atomic_write_json, read_config_file,
+                     read_weights_file)
+from ..base_model import Provenance, activation_of, build_base, provenance_of
 from ..version import __version__
 from .clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION, ClipAdapterModel
 
@@ -65,7 +65,7 @@ def save_clip_adapter(model: ClipAdapterModel, folder: PathLike) -> Path:
         "open_clip_thermal_version": __version__,
     }
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": CLIP_ADAPTER_FORMAT}))
-    atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    atomic_write_json(folder / CONFIG_NAME, config)
     return folder
 
 
@@ -80,14 +80,7 @@ def load_clip_adapter(model: ClipAdapterModel, folder: PathLike, strict_base: bo
     if (config["alpha"], config["reduction"]) != (model.alpha, model.reduction):
         raise AdapterError(f"CLIP-Adapter {folder} has alpha={config['alpha']}, reduction={config['reduction']}; "
                            f"the model has alpha={model.alpha}, reduction={model.reduction}")
-    try:
-        check_activation(config.get("activation"), model.base, f"CLIP-Adapter {folder}")
-    except ValueError as e:
-        raise AdapterError(str(e)) from None
-    fingerprint = config.get("base_fingerprint")
-    if strict_base and fingerprint and fingerprint != base_fingerprint(model):
-        raise AdapterError(f"CLIP-Adapter {folder} was saved on other base weights than this model's "
-                           f"(base_pretrained={config.get('base_pretrained')!r}); pass strict_base=False to load anyway")
+    check_saved_base(config, model, f"CLIP-Adapter {folder}", strict_base)
     path = Path(folder) / WEIGHTS_NAME
     tensors = read_weights_file(path, "CLIP-Adapter")
     prefix = "adapter."
