@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch.nn as nn
 
 from . import seam
-from .contracts import DEFAULT_LAM
+from .contracts import DEFAULT_LAM, FUSION_FEATURE, GLOBAL
 from .adapters import AdapterError, adapter_folder, load_adapters, read_adapter_config
 from .base_model import FORCE_GELU, Provenance, build_base, original_create_model, resolve_activation
 from .model import DualLoRAFusion
@@ -190,7 +190,7 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
     model = DualLoRAFusion(
         base, branches=cfg["branches"], lora=lora_cfg,
         lam=cfg.get("lam", DEFAULT_LAM) if lam is None else lam,
-        fusion=fusion or cfg.get("fusion", "feature"),
+        fusion=fusion or cfg.get("fusion", FUSION_FEATURE),
         train_logit_scale=cfg.get("train_logit_scale", True),
         output_dict=output_dict,
     )
@@ -259,7 +259,7 @@ def create_model(model_name: str, pretrained: Optional[str] = None, **kwargs: An
 
 def add_lora(model: nn.Module, rank: int = 8, alpha: float = 1.0, dropout: float = 0.0,
              targets=("q", "k", "v"), towers: str = "both", last_k_blocks: Optional[int] = None,
-             branches=("global",), lam: float = DEFAULT_LAM, fusion: str = "feature") -> DualLoRAFusion:
+             branches=(GLOBAL,), lam: float = DEFAULT_LAM, fusion: str = FUSION_FEATURE) -> DualLoRAFusion:
     """Apply the T-CLIP LoRA recipe to any OpenCLIP ViT model (in place) and wrap it.
 
     Returns:

@@ -14,6 +14,7 @@ any import without a cycle. Standard library only at import time.
 """
 import functools
 import importlib.util
+import json
 import sys
 from importlib.abc import MetaPathFinder
 from pathlib import Path
@@ -46,12 +47,24 @@ def is_installed() -> bool:
     return bool(factory is not None and getattr(factory.create_model, "_open_clip_thermal", False))
 
 
+def configs_registered() -> bool:
+    """Whether OpenCLIP knows every architecture JSON of :data:`MODEL_CONFIG_DIR`, as we ship it.
+
+    Public API only (``open_clip.get_model_config``): OpenCLIP 3.x has no public way to list the
+    folders ``add_model_config`` was given, and its private ``_MODEL_CONFIG_PATHS`` list gains one
+    entry per call, so :func:`install` asks whether our names are there instead of reading that list.
+    """
+    import open_clip
+    return all(open_clip.get_model_config(path.stem) == json.loads(path.read_text(encoding="utf-8"))
+               for path in sorted(MODEL_CONFIG_DIR.glob("*.json")))
+
+
 def install() -> None:
     """Register the architecture JSONs and route ``create_model`` through the plug-in (idempotent)."""
     global _original
     import open_clip
     import open_clip.factory as oc_factory
-    if str(MODEL_CONFIG_DIR) not in map(str, oc_factory._MODEL_CONFIG_PATHS):
+    if not configs_registered():
         open_clip.add_model_config(MODEL_CONFIG_DIR)
     if is_installed():
         return

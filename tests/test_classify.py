@@ -117,11 +117,11 @@ def test_coco_crops_cut_right_number_sizes_and_folders(tmp_path):
 
 @pytest.fixture(scope="module")
 def synthetic_tree(tmp_path_factory):
-    from open_clip_thermal.synthetic import generate_dataset, read_annotations
+    from open_clip_thermal.synthetic import generate_dataset, read_scene_records
     root = tmp_path_factory.mktemp("synthetic")
     annotations = generate_dataset(root / "data", num_train=0, num_val=0, num_test=6, size=64, seed=0, progress=False)
     report = synthetic_crops(root / "data", root / "tree", split="test", min_size=4)
-    objects = [o for r in read_annotations(annotations) for o in r["objects"]]
+    objects = [o for r in read_scene_records(annotations) for o in r["objects"]]
     return root, report, objects
 
 

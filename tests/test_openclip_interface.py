@@ -240,7 +240,8 @@ def test_wrapper_openclip_interface(kind):
         for flag in (True, False):
             model.output_dict = flag
             outs.append(model(image, text))
-        expected_image, expected_text = model.encode_image(image, normalize=True), model.encode_text(text, normalize=True)
+        expected_image = model.encode_image(image, normalize=True)
+        expected_text = model.encode_text(text, normalize=True)
         raw_image = model.encode_image(image, normalize=False)
         only_image, only_text = model(image=image), model(text=text)
     for out in outs:

@@ -155,3 +155,19 @@ def test_model_builders_are_registered_not_imported(monkeypatch):
     monkeypatch.setattr(registry, "_PRETRAINED_GUARDS", [lambda name, p: f"{name}: no" if p == "bad" else None])
     with pytest.raises(ValueError, match="ViT-B-32: no"):
         open_clip.create_model("ViT-B-32", pretrained="bad")
+
+
+def test_install_registers_the_configs_once(monkeypatch):
+    """install() adds our config folder only when OpenCLIP lacks our architectures (asked through the
+    public get_model_config; each add_model_config call would grow OpenCLIP's path list again)."""
+    assert seam.configs_registered()
+    assert {p.stem for p in seam.MODEL_CONFIG_DIR.glob("*.json")} <= set(open_clip.list_models())
+    added = []
+    monkeypatch.setattr(open_clip, "add_model_config", added.append)
+    oct.install()
+    assert added == []  # already there: nothing added again
+    real = open_clip.get_model_config
+    monkeypatch.setattr(open_clip, "get_model_config", lambda name: None if name == TINY else real(name))
+    assert not seam.configs_registered()
+    oct.install()
+    assert added == [seam.MODEL_CONFIG_DIR]

@@ -36,11 +36,7 @@ CONTRACT_STRINGS = {contracts.GLOBAL, contracts.FINE_GRAINED, contracts.MIXED, *
 # Files owned by other engineers that still spell a contract value out (issue 11 lists each for its
 # owner). Path relative to the package -> literals allowed there. Remove an entry once fixed.
 KNOWN_LITERALS = {
-    "registry.py": {"global", "feature"},  # branches=("global",), fusion defaults "feature"
     "quickstart/cli.py": {"global", "fine_grained", "mixed", "feature", "score"},  # run table, printed modes
-    "training/hooks.py": {"global"},  # TrainingOptions.branch default
-    "training/options.py": {"global"},  # --branch default
-    "synthetic/oracle.py": {"global"},  # caption kind keys
 }
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from open_clip_thermal.synthetic import (THERMAL_PREFIX, Building, Pedestrian, Scene, Tree, Vehicle,
                                          fine_grained_thermal_caption, generate_dataset, global_thermal_caption,
-                                         rasterize, read_annotations, render_rgb, render_sample, render_thermal,
+                                         rasterize, read_scene_records, render_rgb, render_sample, render_thermal,
                                          rgb_caption, sample_scene, scene_rng)
 from open_clip_thermal.synthetic.__main__ import main as cli_main
 from open_clip_thermal.synthetic.render_thermal import COUNTS_PER_KELVIN, apply_sensor
@@ -198,7 +198,7 @@ def test_captions_vary_and_carry_the_facts():
 def test_annotation_file_matches_the_contract(tmp_path):
     path = generate_dataset(tmp_path, num_train=4, num_val=2, num_test=3, size=32, seed=1, bit_depth=16,
                             progress=False)
-    records = read_annotations(path)
+    records = read_scene_records(path)
     assert [r["split"] for r in records].count("train") == 4
     assert [r["split"] for r in records].count("val") == 2
     assert [r["split"] for r in records].count("test") == 3
@@ -231,7 +231,7 @@ def test_splits_are_disjoint_scenes():
 def test_cli_generate_writes_eight_bit_pngs(tmp_path, capsys):
     assert cli_main(["generate", "--out", str(tmp_path), "--num-train", "2", "--num-val", "0", "--num-test", "1",
                      "--size", "64", "--seed", "3", "--bit-depth", "8", "--no-progress"]) == 0
-    records = read_annotations(tmp_path / "annotations.jsonl")
+    records = read_scene_records(tmp_path / "annotations.jsonl")
     assert len(records) == 3
     image = Image.open(tmp_path / records[0]["image"])
     assert image.mode == "L" and image.size == (64, 64)

@@ -25,7 +25,7 @@ def synthetic_crops(data_dir, out, split: Optional[str] = "test", min_size: int 
     Raises:
         CropError: no annotation file, a malformed record, or no scene of ``split``.
     """
-    from ..synthetic import read_annotations  # numpy/PIL only
+    from ..synthetic import read_scene_records  # numpy/PIL only
 
     data_dir = Path(data_dir)
     annotation_file = data_dir if data_dir.is_file() else data_dir / ANNOTATION_FILE
@@ -33,7 +33,7 @@ def synthetic_crops(data_dir, out, split: Optional[str] = "test", min_size: int 
         raise CropError(f"{data_dir}: no {ANNOTATION_FILE} (give the output folder of "
                         "'python -m open_clip_thermal.synthetic generate')")
     try:
-        records = read_annotations(annotation_file)
+        records = read_scene_records(annotation_file)
     except ValueError as error:
         raise CropError(f"{annotation_file}: not valid JSONL ({error})") from None
     image_root = annotation_file.parent

@@ -9,7 +9,7 @@ converter reads. ``proxy`` pretrains a tiny RGB CLIP on the RGB half of this wor
 Command line: ``python -m open_clip_thermal.synthetic --help``.
 """
 from .captions import THERMAL_PREFIX, fine_grained_thermal_caption, global_thermal_caption, rgb_caption
-from .dataset import generate_dataset, iter_samples, read_annotations, render_sample
+from .dataset import generate_dataset, iter_samples, read_scene_records, render_sample
 from .layout import SceneRaster, rasterize
 from .render_rgb import render_rgb
 from .render_thermal import render_thermal, temperature_map
@@ -19,7 +19,7 @@ from .oracle import oracle_report
 from .scene import Building, Pedestrian, RoadPatch, Scene, Tree, Vehicle, sample_scene, scene_rng
 
 __all__ = ["THERMAL_PREFIX", "fine_grained_thermal_caption", "global_thermal_caption", "rgb_caption",
-           "generate_dataset", "iter_samples", "read_annotations", "render_sample", "SceneRaster", "rasterize",
+           "generate_dataset", "iter_samples", "read_scene_records", "render_sample", "SceneRaster", "rasterize",
            "object_boxes", "render_rgb", "render_thermal", "temperature_map", "fine_grained_facts", "global_facts",
            "oracle_report", "Building", "Pedestrian", "RoadPatch", "Scene", "Tree", "Vehicle", "sample_scene",
            "scene_rng"]

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..data.annotations import iter_raw_rows
 from ..files import atomic_write
 from .captions import fine_grained_thermal_caption, global_thermal_caption, rgb_caption
 from .facts import engine_state, road_patch_state
@@ -163,7 +164,19 @@ def generate_dataset(out_dir, num_train: int = 1000, num_val: int = 200, num_tes
     return annotation_path
 
 
-def read_annotations(path) -> list:
-    """Read an annotation JSONL file into a list of dicts."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_scene_records(path) -> List[dict]:
+    """The records of a simulated annotation file, as written: one dict per scene, unvalidated.
+
+    Unlike :func:`open_clip_thermal.data.annotations.read_annotations` (validated ``Annotation``
+    rows for the converter), this keeps every field the simulator writes (``objects`` boxes,
+    ``rgb_caption``, ``meta``). Rows are read by that module's row reader.
+
+    Raises:
+        ValueError: naming the line of a row that is not a JSON object.
+    """
+    records = []
+    for row in iter_raw_rows(str(path), "jsonl"):
+        if row.error:
+            raise ValueError(f"{path} line {row.line}: {row.error}")
+        records.append(row.values)
+    return records

@@ -15,12 +15,16 @@ from typing import Dict, Hashable, List, Sequence
 
 import numpy as np
 
+from ..contracts import GLOBAL
 from .facts import fine_grained_facts, global_facts
 from .layout import rasterize
 from .scene import sample_scene, scene_rng
 
 ORACLE_KS = (1, 5, 10)
-CAPTION_TYPES = ("global", "fine-grained", "both")
+# the report's keys and table rows: the global caption's facts, the fine-grained caption's, and both
+FINE_GRAINED_FACTS = "fine-grained"  # spelt as the printed table shows it, not the branch name
+BOTH_FACTS = "both"
+CAPTION_TYPES = (GLOBAL, FINE_GRAINED_FACTS, BOTH_FACTS)
 # Parts whose thermal state a fine-grained caption describes (the engine is the smallest).
 EVIDENCE_PARTS = ("vehicle_engine", "vehicle_window", "ped_torso", "building_wall", "road_vacated",
                   "road_shade", "road_damp")
@@ -54,9 +58,9 @@ def scene_facts(seed: int, split: str, count: int) -> Dict[str, List[Hashable]]:
     for index in range(count):
         scene = sample_scene(scene_rng(seed, split, index))
         g, f = global_facts(scene), fine_grained_facts(scene)
-        out["global"].append(g)
-        out["fine-grained"].append(f)
-        out["both"].append((g, f))
+        out[GLOBAL].append(g)
+        out[FINE_GRAINED_FACTS].append(f)
+        out[BOTH_FACTS].append((g, f))
     return out
 
 
@@ -97,7 +101,7 @@ def oracle_report(seed: int = 0, split: str = "test", count: int = 300, ks: Sequ
 def format_report(report: Dict[str, object]) -> str:
     """Plain-text tables of :func:`oracle_report`."""
     retrieval = report["retrieval"]
-    ks = list(retrieval["global"]["recall"])
+    ks = list(retrieval[GLOBAL]["recall"])
     lines = [f"Oracle retrieval from the generator's facts: seed {report['seed']}, split {report['split']}, "
              f"{report['count']} scenes (expected recall in %, ties broken at random)",
              "| facts | distinct sets | identified alone | " + " | ".join(f"R@{k}" for k in ks) + " |",
@@ -106,7 +110,7 @@ def format_report(report: Dict[str, object]) -> str:
         r = retrieval[name]
         lines.append(f"| {name} | {r['distinct']} | {100 * r['unique']:.1f}% | "
                      + " | ".join(f"{100 * r['recall'][k]:.2f}" for k in ks) + " |")
-    chance = retrieval["global"]["chance"]
+    chance = retrieval[GLOBAL]["chance"]
     lines.append("| chance | - | - | " + " | ".join(f"{100 * chance[k]:.2f}" for k in ks) + " |")
     lines += ["", f"Evidence size at {report['size']} px ({report['patch']} x {report['patch']} patches), "
                   "per visible object part:",

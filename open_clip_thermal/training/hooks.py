@@ -75,7 +75,7 @@ MAX_LOGIT_SCALE = math.log(100)  # open_clip_train's clamp
 @dataclass
 class TrainOptions:
     """The T-CLIP-specific settings of a run (everything else is an open_clip_train flag)."""
-    branch: str = "global"  # global | fine_grained | mixed | both
+    branch: str = GLOBAL  # global | fine_grained | mixed | both
     method: str = "lora"  # lora | full | clip-adapter | declip
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     clip_adapter_alpha: float = DEFAULT_ALPHA  # residual ratio of --method clip-adapter
@@ -142,7 +142,7 @@ class TrainerHooks:
             raise ValueError(f"--branch must be one of {BRANCH_MODES}, got {options.branch!r}")
         if options.method not in METHODS:
             raise ValueError(f"--method {options.method!r} is not supported (choose from {', '.join(METHODS)})")
-        if options.method != "lora" and options.branch == "both":
+        if options.method != "lora" and options.branch == BOTH:
             raise ValueError(f"--method {options.method} trains one model on one caption type; --branch both "
                              "needs --method lora (train a baseline per caption type, or use --branch mixed)")
         if options.method != "lora" and options.init_from:
@@ -246,7 +246,7 @@ class TrainerHooks:
                 args.train_data, pp_train, tokenizer, batch_size=args.batch_size, num_workers=args.workers,
                 num_samples=args.train_num_samples, is_train=True, resampled=args.dataset_resampled,
                 epoch=epoch, captions=caption_mode, **common)
-            if caption_mode == "both":
+            if caption_mode == BOTH:
                 info.dataloader = _StackedCaptions(info.dataloader)
             data["train"] = info
             self.first_step = epoch * info.dataloader.num_batches
@@ -265,7 +265,7 @@ class TrainerHooks:
         self._remember_run(args)
         clip_loss_args = dict(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, cache_labels=True,
                               rank=args.rank, world_size=args.world_size, use_horovod=args.horovod)
-        if self.options.branch == "both" and self.options.method == "lora":
+        if self.options.branch == BOTH and self.options.method == "lora":
             loss = DualBranchClipLoss(**clip_loss_args)
         elif self.options.method == "declip":
             if getattr(args, "accum_freq", 1) != 1:

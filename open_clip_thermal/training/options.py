@@ -13,6 +13,7 @@ import torch
 from ..lora import TARGETS, TOWERS, LoRAConfig
 from ..baselines import DeclipConfig
 from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION
+from ..contracts import GLOBAL
 from ..data.decode import add_norm_arguments, norm_from_args
 from .hooks import BRANCH_MODES, METHODS, TrainOptions
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "with `python -m open_clip_train.main`; they are listed after ours.")
     parser.add_argument("-h", "--help", action="store_true", help="Show this help (ours and open_clip_train's).")
     g = parser.add_argument_group("T-CLIP")
-    g.add_argument("--branch", choices=BRANCH_MODES, default="global",
+    g.add_argument("--branch", choices=BRANCH_MODES, default=GLOBAL,
                    help="Which LoRA branch(es) to train: 'global' on global captions, 'fine_grained' on "
                         "fine-grained captions, 'mixed' one branch on either caption type 50:50 (seeded), "
                         "'both' the global and fine-grained branches at once on one data stream. Default: global.")
