@@ -22,13 +22,13 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch.nn as nn
 
 from . import seam
-from .contracts import DEFAULT_LAM, FUSION_FEATURE, GLOBAL
-from .adapters import AdapterError, adapter_folder, load_adapters, read_adapter_config
+from .contracts import DEFAULT_LAM, FUSION_FEATURE, FUSION_MODES, GLOBAL
+from .adapters import CONFIG_NAME, AdapterError, adapter_folder, load_adapters, read_adapter_config
 from .base_model import FORCE_GELU, Provenance, build_base, original_create_model, resolve_activation
 from .model import DualLoRAFusion
 from .lora import LoRAConfig
@@ -134,6 +134,39 @@ def _recorded_activation(folders: List[Path], configs: List[dict]) -> Optional[s
     return recorded.pop() if recorded else None
 
 
+def _recorded_fusion(folders: List[Path], configs: List[dict], key: str) -> Any:
+    """The ``lam`` or ``fusion`` the adapter folders record (None: none records one).
+
+    Folders that disagree (one single-branch folder per branch, saved by two runs) decide nothing:
+    a warning, and None. A value that is no fusion weight in [0, 1] / no fusion mode is refused.
+    """
+    recorded = {}
+    for folder, config in zip(folders, configs):
+        value = config.get(key)
+        if value is None:
+            continue
+        if key == "lam" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            raise AdapterError(f"{folder / CONFIG_NAME}: lam={value!r} is not a fusion weight in [0, 1]")
+        if key == "fusion" and value not in FUSION_MODES:
+            raise AdapterError(f"{folder / CONFIG_NAME}: fusion={value!r} is not one of {FUSION_MODES}")
+        recorded[str(folder)] = value
+    if len(set(recorded.values())) > 1:
+        warnings.warn(f"adapter folders record different {key} values {recorded}; using the registered "
+                      f"model's (pass {key}= to choose)", UserWarning, stacklevel=4)
+        return None
+    return next(iter(recorded.values()), None)
+
+
+def _fusion_settings(cfg: dict, folders: List[Path], configs: List[dict], lam: Optional[float],
+                     fusion: Optional[str]) -> Tuple[float, str]:
+    """``(lam, fusion)`` of a model: the caller's value, else the adapter folders' record, else the
+    registered config's, else the defaults (0.7, ``'feature'``)."""
+    saved_lam, saved_fusion = (_recorded_fusion(folders, configs, key) for key in ("lam", "fusion"))
+    if lam is None:
+        lam = saved_lam if saved_lam is not None else cfg.get("lam", DEFAULT_LAM)
+    return float(lam), fusion or saved_fusion or cfg.get("fusion", FUSION_FEATURE)
+
+
 def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
                        lam: Optional[float] = None, fusion: Optional[str] = None,
                        lora: Union[None, dict, LoRAConfig] = None, base_pretrained: Optional[str] = None,
@@ -147,8 +180,9 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
             folder (its recorded base weights are loaded, then the adapters), ``'GLOBAL_DIR+FG_DIR'``
             (one single-branch adapter folder per branch, in the model's branch order), or None
             (random base).
-        lam: fusion weight of the global branch (default from the config, 0.7).
-        fusion: ``'feature'`` or ``'score'``.
+        lam: fusion weight of the global branch; default: the adapter folder's recorded value, else
+            the registered config's (0.7 for the shipped names).
+        fusion: ``'feature'`` or ``'score'``; default as for ``lam``.
         lora: LoRA settings overriding the config's (dict of :class:`LoRAConfig` fields or the object).
         base_pretrained: base weights to use under an adapter folder instead of the recorded ones.
         strict_base: refuse adapters whose recorded base fingerprint differs from the loaded base.
@@ -186,11 +220,10 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
         lora_cfg = lora
     elif lora:
         lora_cfg = LoRAConfig.from_dict({**lora_cfg.to_dict(), **lora})
+    lam, fusion = _fusion_settings(cfg, folders, configs, lam, fusion)
     base = build_base(cfg["base_model"], base_weights, kwargs, _recorded_activation(folders, configs))
     model = DualLoRAFusion(
-        base, branches=cfg["branches"], lora=lora_cfg,
-        lam=cfg.get("lam", DEFAULT_LAM) if lam is None else lam,
-        fusion=fusion or cfg.get("fusion", FUSION_FEATURE),
+        base, branches=cfg["branches"], lora=lora_cfg, lam=lam, fusion=fusion,
         train_logit_scale=cfg.get("train_logit_scale", True),
         output_dict=output_dict,
     )

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import open_clip_thermal as oct
+from open_clip_thermal import registry
 from open_clip_thermal.adapters import AdapterError, CONFIG_NAME, WEIGHTS_NAME
 from open_clip_thermal.base_model import Provenance
 
@@ -177,3 +178,56 @@ def test_provenance_is_recorded_and_checked(tmp_path, base_ckpt):
     model.provenance = Provenance(model_name="tclip-tiny-dual", base_model="ViT-B-16", base_pretrained=base_ckpt)
     with pytest.raises(AdapterError, match="this model's base is 'ViT-B-16'"):
         oct.load_adapters(model, tmp_path / "dual")  # the recorded base decides, not the weights alone
+
+
+# --------------------------------------------------------------------------- fusion settings saved in a folder
+def _folder_with(tmp_path, base_ckpt, name="saved", **settings):
+    model = open_clip.create_model("tclip-tiny-dual", pretrained=base_ckpt, **settings)
+    return oct.save_adapters(model, tmp_path / name)
+
+
+def test_saved_lam_and_fusion_are_honoured(tmp_path, base_ckpt):
+    folder = _folder_with(tmp_path, base_ckpt, lam=0.9, fusion="score")
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    assert (config["lam"], config["fusion"]) == (0.9, "score")
+    reloaded = open_clip.create_model("tclip-tiny-dual", pretrained=str(folder))
+    assert (reloaded.lam, reloaded.fusion) == (0.9, "score")
+    x = images()
+    with torch.no_grad():  # the default of encode_image is the folder's fusion: sqrt-weighted concatenation
+        g, f = (reloaded.encode_image(x, branch=b) for b in ("global", "fine_grained"))
+        torch.testing.assert_close(reloaded.encode_image(x), torch.cat([0.9 ** 0.5 * g, 0.1 ** 0.5 * f], dim=-1))
+    # an explicit argument wins over the folder
+    chosen = open_clip.create_model("tclip-tiny-dual", pretrained=str(folder), lam=0.5, fusion="feature")
+    assert (chosen.lam, chosen.fusion) == (0.5, "feature")
+
+
+def test_folder_without_fusion_settings_gets_the_registered_ones(tmp_path, base_ckpt):
+    folder = _folder_with(tmp_path, base_ckpt, lam=0.9, fusion="score")
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    del config["lam"], config["fusion"]
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    plain = open_clip.create_model("tclip-tiny-dual", pretrained=str(folder))
+    assert (plain.lam, plain.fusion) == (0.7, "feature")  # tclip-tiny-dual.json's
+    registry.register_tclip_model("tclip-tiny-dual-score", {**registry.get_tclip_config("tclip-tiny-dual"),
+                                                             "lam": 0.4, "fusion": "score"})
+    try:
+        registered = open_clip.create_model("tclip-tiny-dual-score", pretrained=str(folder))
+    finally:
+        registry.unregister_tclip_model("tclip-tiny-dual-score")
+    assert (registered.lam, registered.fusion) == (0.4, "score")
+
+
+def test_disagreeing_or_broken_fusion_records(tmp_path, base_ckpt):
+    folders = []
+    for name, branch, lam in (("tclip-tiny-global", "global", 0.2), ("tclip-tiny-fg", "fine_grained", 0.6)):
+        model = open_clip.create_model(name, pretrained=base_ckpt, lam=lam)
+        folders.append(oct.save_adapters(model, tmp_path / branch))
+    with pytest.warns(UserWarning, match="record different lam values"):
+        dual = open_clip.create_model("tclip-tiny-dual", pretrained="+".join(map(str, folders)))
+    assert (dual.lam, dual.fusion) == (0.7, "feature")  # neither run fused: the registered model decides
+    config = json.loads((folders[0] / CONFIG_NAME).read_text())
+    for key, value, message in (("lam", 1.5, "lam=1.5 is not a fusion weight"),
+                                ("fusion", "average", "fusion='average' is not one of")):
+        (folders[0] / CONFIG_NAME).write_text(json.dumps({**config, key: value}))
+        with pytest.raises(AdapterError, match=message):
+            open_clip.create_model("tclip-tiny-global", pretrained=str(folders[0]))
