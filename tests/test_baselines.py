@@ -164,15 +164,57 @@ def test_declip_momentum_encoder_starts_as_the_online_model_and_fills_queues():
     assert set(model(images(2), tokens(2))) == {"image_features", "text_features", "logit_scale"}
 
 
+def _nn_infonce_by_hand(online, momentum, queue, temperature):
+    """Per sample: candidates = queue rows + the other samples' momentum embeddings; the one nearest to
+    the sample's momentum embedding is the positive of a softmax over them. Returns (loss, positives)."""
+    losses, positives = [], []
+    for i in range(online.shape[0]):
+        candidates = torch.cat([queue, momentum[:i], momentum[i + 1:]])
+        positive = int((candidates @ momentum[i]).argmax())
+        losses.append(-torch.log_softmax(candidates @ online[i] / temperature, dim=0)[positive])
+        positives.append(positive)
+    return torch.stack(losses).mean(), positives
+
+
 def test_nearest_neighbour_infonce_uses_the_momentum_neighbour_as_positive():
     queue = F.normalize(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]]), dim=-1)
     momentum = F.normalize(torch.tensor([[0.1, 0.9, 0.0], [0.0, 0.1, 0.95]]), dim=-1)  # nearest: rows 1 and 2
     online = F.normalize(torch.randn(2, 3, generator=torch.Generator().manual_seed(0)), dim=-1).requires_grad_()
-    loss = nearest_neighbour_infonce(online, momentum, queue, temperature=0.1)
+    queue_only = nearest_neighbour_infonce(online, momentum, queue, temperature=0.1, include_batch=False)
     expected = F.cross_entropy(online @ queue.t() / 0.1, torch.tensor([1, 2]))
-    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
-    empty = nearest_neighbour_infonce(online, momentum, queue[:0], temperature=0.1)
-    assert empty.item() == 0.0 and empty.requires_grad
+    torch.testing.assert_close(queue_only, expected, rtol=0, atol=0)
+    empty = nearest_neighbour_infonce(online[:1], momentum[:1], queue[:0], temperature=0.1)
+    assert empty.item() == 0.0 and empty.requires_grad  # nothing to search: no queue, no other sample
+
+
+def test_nearest_neighbour_in_the_queue():
+    queue = F.normalize(torch.tensor([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]]), dim=-1)
+    # the batch's two samples point far apart; each has a queue row close by (rows 0 and 1)
+    momentum = F.normalize(torch.tensor([[0.95, 0.1, 0.0, 0.0], [0.0, 0.0, 0.9, -0.2]]), dim=-1)
+    online = F.normalize(torch.randn(2, 4, generator=torch.Generator().manual_seed(1)), dim=-1).requires_grad_()
+    expected, positives = _nn_infonce_by_hand(online, momentum, queue, 0.1)
+    assert positives == [0, 1]  # queue rows
+    loss = nearest_neighbour_infonce(online, momentum, queue, temperature=0.1)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-6)
+    loss.backward()
+    assert online.grad is not None and torch.isfinite(online.grad).all()
+
+
+def test_nearest_neighbour_in_the_current_batch():
+    queue = F.normalize(torch.tensor([[0.0, 0, 1.0, 0], [0, 0, 0, 1.0]]), dim=-1)
+    # samples 0 and 1 nearly coincide (each other's nearest neighbour), sample 2 is nearest to queue row 1
+    momentum = F.normalize(torch.tensor([[1.0, 0.1, 0, 0], [1.0, 0.0, 0.1, 0], [0.0, 0.1, 0.2, 1.0]]), dim=-1)
+    online = F.normalize(torch.randn(3, 4, generator=torch.Generator().manual_seed(2)), dim=-1)
+    expected, positives = _nn_infonce_by_hand(online, momentum, queue, 0.1)
+    assert positives == [2, 2, 1]  # sample 0 -> sample 1 (after the 2 queue rows), 1 -> 0, 2 -> queue row 1
+    torch.testing.assert_close(nearest_neighbour_infonce(online, momentum, queue, temperature=0.1), expected,
+                               rtol=0, atol=1e-6)
+    # the batch alone (first step, empty queue): still a loss, each sample's own embedding left out
+    first, positives = _nn_infonce_by_hand(online, momentum, queue[:0], 0.1)
+    assert positives == [0, 0, 1]  # among the other two: sample 0 -> 1, 1 -> 0, 2 -> 1
+    got = nearest_neighbour_infonce(online, momentum, queue[:0], temperature=0.1)
+    torch.testing.assert_close(got, first, rtol=0, atol=1e-6)
+    assert got.item() > 0
 
 
 def test_declip_loss_is_finite_and_weighted():

@@ -5,9 +5,10 @@ Full fine-tuning of CLIP plus two extra InfoNCE terms, one per modality, against
 * the momentum encoder is an exponential moving average (EMA) of the online CLIP,
   ``m <- decay * m + (1 - decay) * theta`` after every optimiser step (decay 0.995);
 * two FIFO queues keep the last ``queue_size`` (4,096) momentum image and text embeddings;
-* for each sample, the momentum embedding's top-1 nearest neighbour in the queue (cosine) is the
-  positive of the online embedding in an InfoNCE over the whole queue (temperature 0.1), image-image
-  and text-text (see :mod:`.declip_loss`); both terms are weighted 0.5 and added to the CLIP loss.
+* for each sample, the momentum embedding's top-1 nearest neighbour (cosine) among the queue and the
+  batch's other momentum embeddings is the positive of the online embedding in an InfoNCE over those
+  candidates (temperature 0.1), image-image and text-text (see :mod:`.declip_loss`); both terms are
+  weighted 0.5 and added to the CLIP loss.
 
 The momentum weights and the queues are *buffers* (saved, never optimised). The momentum encoder
 is the online model's own code run on the EMA tensors (``torch.func.functional_call``), so no second

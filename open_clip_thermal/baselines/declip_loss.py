@@ -1,4 +1,5 @@
-"""The DeCLIP-style loss: OpenCLIP's CLIP loss plus image-image and text-text nearest-neighbour InfoNCE."""
+"""The DeCLIP-style loss: OpenCLIP's CLIP loss plus image-image and text-text nearest-neighbour InfoNCE,
+the neighbours drawn from the momentum feature queue and the current batch."""
 from typing import Dict, Optional
 
 import torch
@@ -10,27 +11,42 @@ from .declip import DeclipConfig
 
 
 def nearest_neighbour_infonce(online: torch.Tensor, momentum: torch.Tensor, queue: torch.Tensor,
-                              temperature: float) -> torch.Tensor:
-    """InfoNCE of ``online`` embeddings over ``queue``, the positive being the queue row nearest to
-    each sample's ``momentum`` embedding.
+                              temperature: float, include_batch: bool = True) -> torch.Tensor:
+    """InfoNCE of ``online`` embeddings over the candidates (the queue and the current batch), the
+    positive being the candidate nearest to each sample's ``momentum`` embedding.
+
+    The candidates of sample ``i`` are the queue rows and, with ``include_batch``, the momentum
+    embeddings of the batch's other samples (the T-CLIP paper's Table 21: nearest neighbours from the
+    feature queue and the current batch). Its own momentum embedding is left out of both the
+    neighbour search and the softmax: it would always be the nearest.
 
     Args:
         online: ``(B, D)`` normalised embeddings with gradient.
         momentum: ``(B, D)`` normalised momentum-encoder embeddings of the same samples (no gradient).
-        queue: ``(Q, D)`` normalised embeddings of earlier batches; ``Q = 0`` gives a zero loss
-            (still attached to the graph, so every parameter keeps a gradient under DDP).
+        queue: ``(Q, D)`` normalised embeddings of earlier batches.
         temperature: softmax temperature.
+        include_batch: also search the current batch (default); False searches the queue only.
 
     Returns:
-        The mean cross-entropy, a scalar.
+        The mean cross-entropy, a scalar; zero (still attached to the graph, so every parameter keeps
+        a gradient under DDP) when no sample has a candidate (empty queue and a batch of one).
     """
-    if queue.shape[0] == 0:
+    momentum = momentum.to(online.dtype)
+    queued = queue.shape[0]
+    others = online.shape[0] - 1 if include_batch else 0  # batch candidates per sample
+    if queued + others <= 0:
         return online.sum() * 0.0
-    queue = queue.to(online.dtype)
+    candidates = torch.cat([queue.to(online.dtype), momentum]) if include_batch else queue.to(online.dtype)
     # the stable momentum embedding picks the neighbour; the online one learns to find it
-    positives = (momentum.to(online.dtype) @ queue.t()).argmax(dim=1)
-    logits = online @ queue.t() / temperature
-    return F.cross_entropy(logits, positives)
+    similarity = momentum @ candidates.t()
+    logits = online @ candidates.t() / temperature
+    if include_batch:
+        rows = torch.arange(online.shape[0], device=online.device)
+        own = torch.zeros_like(similarity, dtype=torch.bool)
+        own[rows, queued + rows] = True  # sample i's own momentum embedding: column Q + i
+        similarity = similarity.masked_fill(own, float("-inf"))
+        logits = logits.masked_fill(own, float("-inf"))
+    return F.cross_entropy(logits, similarity.argmax(dim=1))
 
 
 class DeclipLoss(nn.Module):
