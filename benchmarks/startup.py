@@ -25,6 +25,7 @@ COMMANDS = {
     "quickstart --help": ["-m", "open_clip_thermal.quickstart", "--help"],
     "synthetic --help": ["-m", "open_clip_thermal.synthetic", "--help"],
     "classify --help": ["-m", "open_clip_thermal.classify", "--help"],
+    "reproduce --help": ["-m", "open_clip_thermal.reproduce", "--help"],
     "import open_clip_thermal": ["-c", "import open_clip_thermal"],
     "import open_clip_thermal, open_clip": ["-c", "import open_clip_thermal, open_clip"],
 }

@@ -35,6 +35,7 @@ def _run(code):
     ("open_clip_thermal.classify", ["--help"]),
     ("open_clip_thermal.classify", ["crops", "--help"]),
     ("open_clip_thermal.classify", ["synthetic-tree", "--help"]),
+    ("open_clip_thermal.reproduce", ["--help"]),
 ])
 def test_torch_free_commands_import_no_torch(module, args):
     assert _run(HELP_SCRIPT.format(module=module, args=args)) == "False False"

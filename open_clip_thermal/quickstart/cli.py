@@ -19,13 +19,12 @@ goes to files in the output folder (``logs/``, ``runs/<run>/console.log`` next t
 """
 import argparse
 import contextlib
-import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..console import quiet
 from ..contracts import DEFAULT_LAM  # torch-free
 
 BASE_MODEL = "thermal-vit-tiny"
@@ -88,35 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=10000, help="paired bootstrap resamples of the test pairs")
     p.add_argument("--no-progress", action="store_true", help="no per-stage progress lines (the summary still prints)")
     return p
-
-
-@contextlib.contextmanager
-def quiet(log_path: Path):
-    """Send everything a stage prints or logs (Python and C level, worker processes too) to ``log_path``.
-
-    Standard output and error are redirected at the file-descriptor level, so data loader workers
-    and native libraries land in the file as well; logging handlers the stage installs (open_clip_train
-    adds a console handler to the root logger) are removed afterwards.
-    """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    sys.stdout.flush(), sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log_path, "a", encoding="utf-8") as log:
-        os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                yield log
-        finally:
-            sys.stdout.flush(), sys.stderr.flush()
-            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-            os.close(saved[0]), os.close(saved[1])
-            for handler in list(root.handlers):
-                if handler not in handlers:
-                    root.removeHandler(handler)
-                    handler.close()
-            root.setLevel(level)
 
 
 class StageTimer:

@@ -1,6 +1,6 @@
 """From finished runs to the paper's tables: one benchmark per experiment, then the table in the paper's layout.
 
-The benchmark (``python -m open_clip_thermal.benchmark``, a child process logging to
+The benchmark (``open_clip_thermal.benchmark``, run in-process with its output in
 ``results/<experiment>/benchmark.log``) scores every row of an experiment on its test set with all seeds,
 sharing one embedding cache between experiments. This module then picks the rows the table shows, in
 the table's order and with the paper's names, and writes ``tables/<experiment>.md`` and ``.json`` (and
@@ -8,11 +8,11 @@ the figure PNGs for fig1, fig4 and fig7).
 """
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..console import quiet
 from ..files import atomic_write_json, atomic_write_text
 from .execute import read_marker
 from .plan import BRANCH_KINDS, Plan, TrainRun, training_rows
@@ -68,11 +68,15 @@ def variant_specs(plan: Plan, experiment_id: str) -> List[Tuple[str, str, str, T
     return specs
 
 
+BENCHMARK_MODULE = ["-m", "open_clip_thermal.benchmark"]
+
+
 def benchmark_command(plan: Plan, experiment_id: str, plots: bool = True) -> List[str]:
-    """The benchmark call that scores every row of ``experiment_id`` (all seeds) on its test set."""
+    """The benchmark call that scores every row of ``experiment_id`` (all seeds) on its test set, as a
+    command line (what ``--dry-run`` prints; :func:`run_benchmark` runs the same arguments in-process)."""
     experiment = plan.definitions["experiments"][experiment_id]
     models = plan.definitions["scales"][plan.scale]["models"]
-    command = [sys.executable, "-m", "open_clip_thermal.benchmark",
+    command = [sys.executable, *BENCHMARK_MODULE,
                "--data", plan.datasets[experiment["test"]].test,
                "--out", str(plan.out / "results" / experiment_id), "--cache-dir", str(plan.out / "embedding_cache"),
                "--base-model", models["base"], "--base-pretrained", plan.base]
@@ -86,12 +90,17 @@ def benchmark_command(plan: Plan, experiment_id: str, plots: bool = True) -> Lis
 
 
 def run_benchmark(plan: Plan, experiment_id: str, plots: bool = True) -> Dict:
-    """Run the benchmark of one experiment (output in ``results/<id>/``) and return its results.json."""
+    """Run the benchmark of one experiment (output in ``results/<id>/``) and return its results.json.
+
+    In this process (the import of torch and OpenCLIP is paid once for all experiments), with its
+    console output and logging sent to ``results/<id>/benchmark.log``.
+    """
+    from ..benchmark.cli import main as benchmark_main
     out = plan.out / "results" / experiment_id
     out.mkdir(parents=True, exist_ok=True)
-    command = benchmark_command(plan, experiment_id, plots=plots)
-    with open(out / "benchmark.log", "w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    argv = benchmark_command(plan, experiment_id, plots=plots)[1 + len(BENCHMARK_MODULE):]
+    with quiet(out / "benchmark.log"):
+        code = benchmark_main(argv)
     if code != 0:
         raise AssemblyError(f"the benchmark of experiment {experiment_id} failed (exit status {code}); "
                             f"see {out / 'benchmark.log'}")
