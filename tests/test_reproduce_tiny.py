@@ -149,3 +149,15 @@ def test_assemble_only_trains_nothing(world, uninterrupted):
     assert labels[:3] == ["CLIP zero-shot (global captions)", "CLIP zero-shot (fine-grained captions)", "Global LoRA"]
     gap = json.loads((uninterrupted / "tables" / "fig1.json").read_text())["thermal_gap"]
     assert gap["family"] == "paper" and len(gap["tests"]) == 3
+
+
+def test_table_7_counts_a_vit_b16_lora_branch_as_the_paper(tmp_path):
+    """737,280 LoRA values per branch (rank 8 on q, k, v of the 12 + 12 blocks); the temperature is not counted."""
+    import warnings
+    import open_clip_thermal
+    from open_clip_thermal.reproduce.tables import trainable_parameters
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random base weights: only the shapes matter here
+        model = open_clip_thermal.create_model("tclip-global")
+    open_clip_thermal.save_adapters(model, tmp_path / "adapters")
+    assert trainable_parameters(tmp_path / "adapters") == 737_280
