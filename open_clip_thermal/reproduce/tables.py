@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..console import quiet
+from ..contracts import BRANCHES, FUSION_FEATURE, FUSION_SCORE
 from ..files import atomic_write_json, atomic_write_text
 from .execute import read_marker
 from .plan import BRANCH_KINDS, Plan, TrainRun, training_rows
 
 DIRECTIONS = {"image_to_text": "I→T", "text_to_image": "T→I"}
-CAPTION_NAMES = {"global": "global captions", "fine-grained": "fine-grained captions"}
+# The benchmark names a caption type in row labels as CAPTION_LABELS does ("lora-mixed (fine-grained)").
+CAPTION_NAMES = {branch.replace("_", "-"): f"{branch.replace('_', '-')} captions" for branch in BRANCHES}
 GAIN_REFERENCE_ROW = "lora-global"  # the paper's gain row: T-CLIP (Dual) minus Global LoRA
 
 
@@ -261,10 +263,11 @@ def lambda_markdown(title: str, results: Mapping, table: Sequence[Mapping], note
     lines = [f"# {title}", "", note, ""]
     for label, sweep in results["lambda_sweep"].items():
         lines += [f"## {names.get(label, label)}", "",
-                  f"best λ: feature fusion {sweep['feature']['best_lambda']:g}, score fusion {sweep['score']['best_lambda']:g}", ""]
+                  f"best λ: feature fusion {sweep[FUSION_FEATURE]['best_lambda']:g}, "
+                  f"score fusion {sweep[FUSION_SCORE]['best_lambda']:g}", ""]
         lines += _markdown_table(["λ", "mean recall %, feature fusion", "mean recall %, score fusion"],
                                  [[f"{lam:g}", f"{100 * f:.2f}", f"{100 * s:.2f}"] for lam, f, s in
-                                  zip(sweep["lambdas"], sweep["feature"]["mean_recall"], sweep["score"]["mean_recall"])])
+                                  zip(sweep["lambdas"], sweep[FUSION_FEATURE]["mean_recall"], sweep[FUSION_SCORE]["mean_recall"])])
         lines.append("")
     return "\n".join(lines)
 
