@@ -19,7 +19,6 @@ their sub-layers does nothing. :class:`LoRAAttention` replaces either module wit
 same parameter names (so stock checkpoints load unchanged) and adds the per-branch updates to q, k, v.
 """
 import math
-from dataclasses import asdict, dataclass, fields
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import loralib
@@ -30,50 +29,8 @@ import torch.nn.functional as F
 # (open_clip_torch>=3.0,<4) has it.
 from open_clip.transformer import Attention as OpenCLIPAttention
 
-TOWERS = ("vision", "text", "both")
-TARGETS = ("q", "k", "v", "out", "mlp")
-
-
-@dataclass
-class LoRAConfig:
-    """Where and how LoRA is applied. Defaults are the T-CLIP paper's."""
-    rank: int = 8  # r of every low-rank update
-    alpha: float = 1.0  # update scaled by alpha / rank
-    dropout: float = 0.0  # dropout on the LoRA input only
-    targets: Tuple[str, ...] = ("q", "k", "v")  # subset of TARGETS
-    towers: str = "both"  # vision | text | both
-    last_k_blocks: Optional[int] = None  # adapt only the last k blocks of each tower (None: all)
-
-    def __post_init__(self):
-        self.targets = tuple(self.targets)
-        if self.rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        unknown = [t for t in self.targets if t not in TARGETS]
-        if unknown or not self.targets:
-            raise ValueError(f"LoRA targets {list(self.targets)} invalid; choose from {list(TARGETS)}")
-        if self.towers not in TOWERS:
-            raise ValueError(f"LoRA towers {self.towers!r} invalid; choose from {list(TOWERS)}")
-        if self.last_k_blocks is not None and self.last_k_blocks < 1:
-            raise ValueError(f"last_k_blocks must be >= 1 or None, got {self.last_k_blocks}")
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.rank
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["targets"] = list(self.targets)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LoRAConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown LoRA config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+# The LoRA settings live in settings.py (standard library, so parsers import no torch); re-exported here.
+from .settings import LoRAConfig
 
 
 class BranchRouter:

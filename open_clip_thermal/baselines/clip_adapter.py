@@ -13,10 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..settings import CLIP_ADAPTER_ALPHA as DEFAULT_ALPHA  # re-exported under the names callers use
+from ..settings import CLIP_ADAPTER_REDUCTION as DEFAULT_REDUCTION
 from ..wrapper import OpenCLIPWrapper
-
-DEFAULT_ALPHA = 0.2
-DEFAULT_REDUCTION = 4
 
 
 class ResidualBottleneck(nn.Module):

@@ -17,7 +17,6 @@ global optimiser step post-hook (:mod:`open_clip_thermal.training.hooks`), so it
 step however many forwards a step takes; custom loops call :meth:`DeclipModel.update_momentum`.
 Only the online CLIP is exported: the result is a plain OpenCLIP model.
 """
-from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -25,29 +24,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.func import functional_call
 
+from ..settings import DeclipConfig  # re-exported: the baseline's settings, standard library
 from ..wrapper import OpenCLIPWrapper
 from .clip_adapter import embedding_size
-
-
-@dataclass(frozen=True)
-class DeclipConfig:
-    """Settings of the DeCLIP-style baseline (defaults as in our experiments)."""
-    queue_size: int = 4096  # momentum features kept per modality (FIFO)
-    momentum: float = 0.995  # EMA decay of the momentum encoder
-    nn_temperature: float = 0.1  # temperature of the nearest-neighbour InfoNCE
-    image_nn_weight: float = 0.5  # weight of the image-image nearest-neighbour loss
-    text_nn_weight: float = 0.5  # weight of the text-text nearest-neighbour loss
-
-    def __post_init__(self):
-        if self.queue_size < 1:
-            raise ValueError(f"DeCLIP queue size must be >= 1, got {self.queue_size}")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"DeCLIP momentum (EMA decay) must be in [0, 1], got {self.momentum}")
-        if self.nn_temperature <= 0:
-            raise ValueError(f"DeCLIP nearest-neighbour temperature must be > 0, got {self.nn_temperature}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class MomentumWeights(nn.Module):

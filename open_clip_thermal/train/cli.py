@@ -9,10 +9,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-import open_clip_thermal  # noqa: F401  (registers the T-CLIP models with OpenCLIP)
-from open_clip_thermal.training.checkpoints import NonFiniteWeightsError
-from open_clip_thermal.training.hooks import TrainerHooks
-from open_clip_thermal.training.losses import NonFiniteLossError
+import open_clip_thermal  # noqa: F401  (registers the T-CLIP models with OpenCLIP once it is imported)
 from open_clip_thermal.training.options import build_parser, parse_args, plan_steps, train_options
 
 
@@ -35,7 +32,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     options = train_options(ours)
     trainer_argv = plan_steps(ours, rest)
+    # Imported after the flags parse, so that --help and flag errors import no torch.
     import open_clip_train.main as trainer_main
+    from open_clip_thermal.training.checkpoints import NonFiniteWeightsError
+    from open_clip_thermal.training.hooks import TrainerHooks
+    from open_clip_thermal.training.losses import NonFiniteLossError
     try:
         with TrainerHooks(options).installed():
             trainer_main.main(trainer_argv)

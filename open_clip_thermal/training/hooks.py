@@ -50,18 +50,14 @@ from ..data.decode import ThermalNorm
 from ..base_model import FORCE_GELU, Provenance, resolve_activation
 from ..baselines import (EXPORT_NAME, ClipAdapterModel, DeclipConfig, DeclipLoss, DeclipModel, save_clip_adapter,
                          save_openclip_weights)
-from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION
 from ..contracts import FINE_GRAINED, GLOBAL, MIXED
 from ..model import DualLoRAFusion
-from ..lora import LoRAConfig
+from ..settings import BOTH, BRANCH_MODES, CLIP_ADAPTER_ALPHA, CLIP_ADAPTER_REDUCTION, METHODS, LoRAConfig
 from ..registry import get_tclip_config, list_tclip_models, register_tclip_model, unregister_tclip_model
 from .checkpoints import (MARKER, NonFiniteWeightsError, ResumeError, check_base, expand_checkpoint, first_non_finite,
                           is_slim, load_checkpoint, optimizer_tensors, restore_rng_state, slim_checkpoint)
 from .losses import DualBranchClipLoss, FiniteLossGuard
 
-BOTH = "both"  # --branch both: the two branches at once
-BRANCH_MODES = (GLOBAL, FINE_GRAINED, MIXED, BOTH)
-METHODS = ("lora", "full", "clip-adapter", "declip")
 # branch mode -> (branches of the model, caption mode of the loader)
 _BRANCH_LAYOUT = {
     GLOBAL: ((GLOBAL,), GLOBAL),
@@ -78,8 +74,8 @@ class TrainOptions:
     branch: str = GLOBAL  # global | fine_grained | mixed | both
     method: str = "lora"  # lora | full | clip-adapter | declip
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    clip_adapter_alpha: float = DEFAULT_ALPHA  # residual ratio of --method clip-adapter
-    clip_adapter_reduction: int = DEFAULT_REDUCTION  # bottleneck reduction of --method clip-adapter
+    clip_adapter_alpha: float = CLIP_ADAPTER_ALPHA  # residual ratio of --method clip-adapter
+    clip_adapter_reduction: int = CLIP_ADAPTER_REDUCTION  # bottleneck reduction of --method clip-adapter
     declip: DeclipConfig = field(default_factory=DeclipConfig)
     init_from: Optional[str] = None  # adapter folder to start the branch(es) from
     grad_clip_norm: Optional[float] = None  # per branch

@@ -6,16 +6,15 @@ goes to open_clip_train unchanged.
 import argparse
 import math
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
-import torch
-
-from ..lora import TARGETS, TOWERS, LoRAConfig
-from ..baselines import DeclipConfig
-from ..baselines.clip_adapter import DEFAULT_ALPHA, DEFAULT_REDUCTION
 from ..contracts import GLOBAL
 from ..data.decode import add_norm_arguments, norm_from_args
-from .hooks import BRANCH_MODES, METHODS, TrainOptions
+from ..settings import (BRANCH_MODES, CLIP_ADAPTER_ALPHA, CLIP_ADAPTER_REDUCTION, METHODS, TARGETS, TOWERS,
+                        DeclipConfig, LoRAConfig)
+
+if TYPE_CHECKING:  # the trainer hooks import torch and OpenCLIP: only train_options needs them
+    from .hooks import TrainOptions
 
 # The paper's training recipe. lr and weight decay are not legible in the paper: 1e-4 and 0.01 are
 # common LoRA choices (the adapters start at zero, so a larger lr than full fine-tuning is safe).
@@ -86,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_baseline_flags(parser: argparse.ArgumentParser) -> None:
     d = DeclipConfig()
     b = parser.add_argument_group("Baselines (--method clip-adapter / declip)")
-    b.add_argument("--clip-adapter-alpha", type=float, default=DEFAULT_ALPHA,
+    b.add_argument("--clip-adapter-alpha", type=float, default=CLIP_ADAPTER_ALPHA,
                    help="CLIP-Adapter residual ratio: image embedding = alpha * adapter(f) + (1 - alpha) * f. "
-                        f"Default: {DEFAULT_ALPHA}.")
-    b.add_argument("--clip-adapter-reduction", type=int, default=DEFAULT_REDUCTION,
-                   help=f"CLIP-Adapter bottleneck reduction (hidden width = embed dim / this). Default: {DEFAULT_REDUCTION}.")
+                        f"Default: {CLIP_ADAPTER_ALPHA}.")
+    b.add_argument("--clip-adapter-reduction", type=int, default=CLIP_ADAPTER_REDUCTION,
+                   help=f"CLIP-Adapter bottleneck reduction (hidden width = embed dim / this). Default: {CLIP_ADAPTER_REDUCTION}.")
     b.add_argument("--declip-queue-size", type=int, default=d.queue_size,
                    help=f"DeCLIP: momentum image/text embeddings kept in each FIFO queue. Default: {d.queue_size}.")
     b.add_argument("--declip-momentum", type=float, default=d.momentum,
@@ -132,6 +131,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[
     if preset_probe.preset == "paper":
         parser.set_defaults(**PAPER_PRESET["ours"])
         trainer_prefix = list(PAPER_PRESET["trainer"])
+        import torch  # only here: --help and the other flags stay torch-free
         if torch.cuda.is_available():
             trainer_prefix += ["--precision", "amp"]
     ours, rest = parser.parse_known_args(argv)
@@ -139,7 +139,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, List[
     return ours, trainer_prefix + rest
 
 
-def train_options(ours: argparse.Namespace) -> TrainOptions:
+def train_options(ours: argparse.Namespace) -> "TrainOptions":
+    """The hooks' options from our parsed flags (imports the trainer hooks, hence torch)."""
+    from .hooks import TrainOptions
     targets = tuple(t.strip() for t in ours.lora_targets.split(",") if t.strip())
     lora = LoRAConfig(rank=ours.lora_rank, alpha=ours.lora_alpha, dropout=ours.lora_dropout, targets=targets,
                       towers=ours.lora_towers, last_k_blocks=ours.lora_last_k)
