@@ -36,6 +36,7 @@ def _run(code):
     ("open_clip_thermal.classify", ["crops", "--help"]),
     ("open_clip_thermal.classify", ["synthetic-tree", "--help"]),
     ("open_clip_thermal.reproduce", ["--help"]),
+    ("open_clip_thermal.train", ["--help"]),
 ])
 def test_torch_free_commands_import_no_torch(module, args):
     assert _run(HELP_SCRIPT.format(module=module, args=args)) == "False False"
