@@ -20,7 +20,7 @@ _LAZY = {
     "DualLoRAFusion": ("model", "DualLoRAFusion"),
     "TCLIP": ("model", "DualLoRAFusion"),  # the model class, under the method's name
     "fuse_features": ("model", "fuse_features"),
-    "AdapterError": ("adapters", "AdapterError"),
+    "AdapterError": ("files", "AdapterError"),  # files.py: no torch, so the error type loads at once
     "export_merged": ("adapters", "export_merged"),
     "load_adapters": ("adapters", "load_adapters"),
     "save_adapters": ("adapters", "save_adapters"),
