@@ -157,6 +157,7 @@ def test_combined_training_set_joins_the_shard_lists(roots, tmp_path):
     (["--experiment", "1", "--data", "kaist=/no/such/folder"], "--data kaist=/no/such/folder: no such folder"),
     (["--experiment", "1", "--data", "kaist={empty}"], "no PREFIX-train-NNNNNN.tar or PREFIX-test-NNNNNN.tar"),
     (["--experiment", "1", "--data", "kaist={roots[kaist]}", "--assemble-only"], "have not finished"),
+    (["--experiment", "1", "--data", "kaist={roots[kaist]}", "--seeds", "0", "0"], "a seed is given twice"),
 ])
 def test_bad_input_is_one_line_with_exit_2(args, message, roots, tmp_path, capsys):
     empty = tmp_path / "empty"

@@ -218,6 +218,8 @@ def build_plan(experiments: Sequence[str], data: Mapping[str, str], out: Path, b
         raise PlanError(f"unknown --scale {scale!r}; choose from {', '.join(definitions['scales'])}")
     if not seeds:
         raise PlanError("--seeds needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise PlanError(f"--seeds {' '.join(map(str, seeds))}: a seed is given twice (it would count as two seeds)")
     needed_sets = sorted({name for e in experiments for train_set in definitions["experiments"][e]["train"]
                           for name in train_set} | {definitions["experiments"][e]["test"] for e in experiments})
     missing = [name for name in needed_sets if name not in data]
