@@ -24,6 +24,7 @@ _LAZY = {
     "export_merged": ("adapters", "export_merged"),
     "load_adapters": ("adapters", "load_adapters"),
     "save_adapters": ("adapters", "save_adapters"),
+    "push_adapters": ("hub", "push_adapters"),  # hub.py: adapter repos on the Hugging Face Hub
     **{name: ("registry", name) for name in (
         "add_lora", "create_model", "create_tclip_model", "get_tclip_config", "install", "list_tclip_models",
         "register_tclip_model", "uninstall")},

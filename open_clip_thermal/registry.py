@@ -29,6 +29,7 @@ import torch.nn as nn
 from . import seam
 from .contracts import DEFAULT_LAM, FUSION_FEATURE, FUSION_MODES, GLOBAL
 from .adapters import CONFIG_NAME, AdapterError, adapter_folder, load_adapters, read_adapter_config
+from .hub import resolve_pretrained as resolve_hub_pretrained
 from .base_model import FORCE_GELU, Provenance, build_base, original_create_model, resolve_activation
 from .model import DualLoRAFusion
 from .lora import LoRAConfig
@@ -201,6 +202,7 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
     if kwargs.pop("jit", False):
         raise ValueError("T-CLIP models do not support jit=True")
     output_dict = bool(kwargs.pop("output_dict", None))
+    pretrained = resolve_hub_pretrained(pretrained, kwargs.get("cache_dir"))  # hf-hub:ORG/NAME -> its snapshot folder
     folders = _adapter_folders(pretrained)
     base_weights = pretrained
     lora_cfg = LoRAConfig.from_dict(cfg["lora"])
