@@ -193,6 +193,7 @@ def loopback_hub(tmp_path, monkeypatch):
         monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no saved login is read
         yield server
 
 
