@@ -41,13 +41,18 @@ setup(
     ],
     extras_require={
         "plots": ["matplotlib>=3.5"],
-        "dev": ["pytest>=7", "matplotlib>=3.5"],
+        # vector search for large indexes (python -m open_clip_thermal.search; docs/usage.md says why faiss)
+        "search": ["faiss-cpu>=1.7.4"],
+        # CLIP_benchmark runs (python -m open_clip_thermal.clip_benchmark; docs/benchmark.md); it imports requests undeclared
+        "eval": ["clip_benchmark>=1.6", "requests"],
+        "dev": ["pytest>=7", "matplotlib>=3.5", "clip_benchmark>=1.6", "requests"],
     },
     entry_points={
         "console_scripts": [
             "tclip-train=open_clip_thermal.train:main",
             "tclip-convert=open_clip_thermal.convert:main",
             "tclip-benchmark=open_clip_thermal.benchmark:main",
+            "tclip-clip-benchmark=open_clip_thermal.clip_benchmark:main",
             "tclip-ircap=open_clip_thermal.ircap:main",
             "tclip-quickstart=open_clip_thermal.quickstart:main",
             "tclip-reproduce=open_clip_thermal.reproduce:main",
