@@ -237,6 +237,9 @@ def test_push_then_load_from_the_hub_gives_the_same_model(loopback_hub, trained_
     assert loaded.lam == 0.6
     for got, want in zip(_outputs(loaded), _outputs(trained_dual)):
         torch.testing.assert_close(got, want, atol=0, rtol=0)
+    with_transforms, _, preprocess = open_clip.create_model_and_transforms("tclip-tiny-dual",
+                                                                           pretrained="hf-hub:thermal-org/tiny-dual")
+    torch.testing.assert_close(_outputs(with_transforms.eval())[1], _outputs(trained_dual)[1], atol=0, rtol=0)
     plain = open_clip.create_model("tclip-tiny-dual", pretrained=trained_dual.provenance.base_pretrained).eval()
     assert (_outputs(plain)[0] - _outputs(trained_dual)[0]).abs().max() > 1e-3  # the adapters did load
 
