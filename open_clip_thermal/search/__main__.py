@@ -1,0 +1,7 @@
+"""``python -m open_clip_thermal.search``."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
