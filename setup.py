@@ -41,6 +41,8 @@ setup(
     ],
     extras_require={
         "plots": ["matplotlib>=3.5"],
+        # vector search for large indexes (python -m open_clip_thermal.search; docs/usage.md says why faiss)
+        "search": ["faiss-cpu>=1.7.4"],
         # CLIP_benchmark runs (python -m open_clip_thermal.clip_benchmark; docs/benchmark.md); it imports requests undeclared
         "eval": ["clip_benchmark>=1.6", "requests"],
         "dev": ["pytest>=7", "matplotlib>=3.5", "clip_benchmark>=1.6", "requests"],

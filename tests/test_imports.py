@@ -35,6 +35,9 @@ def _run(code):
     ("open_clip_thermal.classify", ["--help"]),
     ("open_clip_thermal.classify", ["crops", "--help"]),
     ("open_clip_thermal.classify", ["synthetic-tree", "--help"]),
+    ("open_clip_thermal.search", ["--help"]),
+    ("open_clip_thermal.search", ["index", "--help"]),
+    ("open_clip_thermal.search", ["query", "--help"]),
     ("open_clip_thermal.reproduce", ["--help"]),
     ("open_clip_thermal.train", ["--help"]),
 ])
