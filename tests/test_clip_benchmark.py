@@ -5,7 +5,8 @@ CLIP_benchmark's retrieval recall (clip_benchmark/metrics/zeroshot_retrieval.py)
 over queries in float32. Its positives are the paired items only, which is our default
 ``--caption-match pair``. The two agree exactly when no score ties the paired item's (``topk`` breaks
 ties in no documented order, we by gallery index), so the test checks that there are none, and compares
-hit counts (recall x N, an integer) rather than floats (CLIP_benchmark's mean is float32, ours float64).
+hit counts (recall x N, an integer) rather than floats (CLIP_benchmark's mean is float32, ours float64),
+at every K from 1 to N: the whole distribution of the paired items' ranks, not only R@1/5/10.
 """
 import importlib.util
 import io
@@ -15,6 +16,7 @@ import sys
 import tarfile
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 import webdataset as wds
@@ -25,6 +27,7 @@ from open_clip_thermal.clip_benchmark import main
 from open_clip_thermal.clip_benchmark.passthrough import prepare_argv
 from open_clip_thermal.contracts import FINE_GRAINED, GLOBAL
 from open_clip_thermal.data.decode import decode_with, thermal_to_pil
+from open_clip_thermal.evaluation.shard_reader import iter_image_batches, read_sample_index
 
 from model_helpers import randomise_lora
 
@@ -33,7 +36,7 @@ needs_clip_benchmark = pytest.mark.skipif(
     not HAVE_CLIP_BENCHMARK, reason="clip_benchmark is not installed (pip install -e '.[eval]' or '.[dev]')")
 
 N_SAMPLES = 12  # >= the largest K: CLIP_benchmark's topk needs K <= gallery size
-KS = (1, 5, 10)
+KS = tuple(range(1, N_SAMPLES + 1))  # every K: the whole distribution of the paired items' ranks
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -42,16 +45,25 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _frame(i, rng):
+    """A scene of its own per sample: a warm block whose place and size depend on ``i``, on noise."""
+    frame = rng.normal(0.0, 0.05, (40, 48)) + np.linspace(0.0, 0.3 * (i % 4), 48)[None, :]
+    top, left, size = 3 * (i % 5), 4 * (i % 7), 8 + 2 * (i % 3)
+    frame[top:top + size, left:left + size] += 1.0
+    return frame
+
+
 def write_shards(folder, count=N_SAMPLES):
     """Two shards: even samples 16-bit PNGs with raw counts in the thousands, odd ones 8-bit; distinct captions."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     with wds.ShardWriter(str(folder / "test-test-%06d.tar"), maxcount=count // 2, verbose=0) as sink:
         for i in range(count):
-            if i % 2 == 0:
-                frame = rng.integers(2900, 3300, (40, 48)).astype(np.uint16)  # a typical 16-bit LWIR frame
+            frame = _frame(i, rng)
+            if i % 2 == 0:  # a typical 16-bit LWIR frame: ~300 counts of scene span around 3000
+                frame = np.clip(2900 + 250 * frame, 0, 65535).astype(np.uint16)
             else:
-                frame = rng.integers(0, 256, (40, 48), dtype=np.uint8)
+                frame = np.clip(40 + 150 * frame, 0, 255).astype(np.uint8)
             sink.write({"__key__": f"s{i:04d}", "png": _png(frame),
                         "txt": f"infrared thermal image of scene {i}",
                         "fg.txt": f"infrared thermal image of scene {i}: a person at {20 + i} degrees",
@@ -187,11 +199,10 @@ def test_clip_benchmark_recalls_equal_ours(shards, tmp_path, model_name, caption
     assert results["config"]["caption_match"] == "pair"
 
     # The scores both sides rank, from the model CLIP_benchmark loads: no ties, so the rules agree.
-    import open_clip
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=adapters)
+    model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
-    from open_clip_thermal.evaluation.shard_reader import iter_image_batches, read_sample_index
     index = read_sample_index(shards)
     with torch.no_grad():
         image = torch.cat([model.encode_image(b, normalize=True) for _, b in iter_image_batches(shards, preprocess, 5)])
