@@ -17,9 +17,14 @@ OpenCLIP's attention is ``nn.MultiheadAttention`` (3.x ``ResidualAttentionBlock`
 ``in_proj_weight`` directly and ``nn.MultiheadAttention`` never calls ``out_proj.forward``, so wrapping
 their sub-layers does nothing. :class:`LoRAAttention` replaces either module with one that keeps the
 same parameter names (so stock checkpoints load unchanged) and adds the per-branch updates to q, k, v.
+
+timm towers (OpenCLIP's ``TimmModel``, e.g. ViT-B-16-SigLIP's ``visual.trunk``) use timm's ``Attention``,
+whose forward does call its fused ``qkv`` ``nn.Linear``: there the Linear itself is wrapped
+(:class:`LoRALinear` with three groups, one per q/k/v), so ``attn.qkv.weight``/``attn.qkv.bias`` keep
+their names and the rest of timm's attention runs unchanged.
 """
 import math
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import loralib
 import torch
@@ -28,6 +33,9 @@ import torch.nn.functional as F
 # OpenCLIP's own attention class (3.x CustomResidualAttentionBlock); every release setup.py allows
 # (open_clip_torch>=3.0,<4) has it.
 from open_clip.transformer import Attention as OpenCLIPAttention
+# timm's ViT attention (fused qkv Linear), the one of OpenCLIP's timm vision towers; timm is an
+# install requirement (setup.py), and timm.models.vision_transformer.Attention is this class.
+from timm.layers import Attention as TimmAttention
 
 # The LoRA settings live in settings.py (standard library, so parsers import no torch); re-exported here.
 from .settings import LoRAConfig
@@ -142,14 +150,19 @@ class LoRAUpdate(nn.Module, loralib.LoRALayer):
 
 
 class LoRALinear(nn.Linear):
-    """``nn.Linear`` plus a :class:`LoRAUpdate`; keeps ``weight``/``bias`` names for stock checkpoints."""
+    """``nn.Linear`` plus a :class:`LoRAUpdate`; keeps ``weight``/``bias`` names for stock checkpoints.
 
-    def __init__(self, base: nn.Linear, config: LoRAConfig, router: BranchRouter, batch_dim: int = 0):
+    ``enable`` splits the output into groups as :class:`LoRAUpdate` does: ``(True, False, True)`` on a
+    fused q,k,v Linear (timm's ``attn.qkv``) updates q and v only.
+    """
+
+    def __init__(self, base: nn.Linear, config: LoRAConfig, router: BranchRouter, batch_dim: int = 0,
+                 enable: Sequence[bool] = (True,)):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
         self.bias = base.bias
-        self.update = LoRAUpdate(self.in_features, self.out_features, config, router, (True,), batch_dim,
+        self.update = LoRAUpdate(self.in_features, self.out_features, config, router, enable, batch_dim,
                                  device=base.weight.device, dtype=base.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,12 +271,25 @@ class LoRAAttention(nn.Module):
 # Injection into OpenCLIP models
 # ---------------------------------------------------------------------------------------------
 
+class BlockStack(NamedTuple):
+    """The blocks of a tower that is no OpenCLIP ``Transformer`` (a timm ViT trunk), under the two names
+    callers read from a ``Transformer``: ``resblocks`` (indexable blocks) and ``batch_first``."""
+    resblocks: nn.Module
+    batch_first: bool = True
+
+
 def tower_transformers(model: nn.Module) -> Dict[str, nn.Module]:
-    """The ``Transformer`` of each tower of an OpenCLIP CLIP / CustomTextCLIP model."""
+    """The ``Transformer`` of each tower of an OpenCLIP CLIP / CustomTextCLIP model.
+
+    A timm vision tower (``visual.trunk.blocks``, timm ViTs are batch-first) is given as a
+    :class:`BlockStack`, which has the same ``resblocks``/``batch_first``.
+    """
     towers = {}
     visual = getattr(model, "visual", None)
     if visual is not None and hasattr(getattr(visual, "transformer", None), "resblocks"):
         towers["vision"] = visual.transformer
+    elif visual is not None and isinstance(getattr(getattr(visual, "trunk", None), "blocks", None), nn.Sequential):
+        towers["vision"] = BlockStack(visual.trunk.blocks)
     if hasattr(getattr(model, "transformer", None), "resblocks"):  # CLIP keeps the text tower at top level
         towers["text"] = model.transformer
     elif hasattr(getattr(getattr(model, "text", None), "transformer", None), "resblocks"):
@@ -277,8 +303,19 @@ def adapted_block_indices(num_blocks: int, config: LoRAConfig) -> List[int]:
     return list(range(num_blocks - k, num_blocks))
 
 
+def _inject_timm_attention(attn: nn.Module, config: LoRAConfig, router: BranchRouter) -> None:
+    """LoRA inside timm's ``Attention``, which calls its ``qkv`` and ``proj`` Linears: wrap those in place."""
+    enable = [t in config.targets for t in ("q", "k", "v")]
+    if any(enable):
+        attn.qkv = LoRALinear(attn.qkv, config, router, batch_dim=0, enable=enable)
+    if "out" in config.targets:
+        attn.proj = LoRALinear(attn.proj, config, router, batch_dim=0)
+
+
 def _inject_block(block: nn.Module, config: LoRAConfig, router: BranchRouter, batch_first: bool) -> None:
-    if any(t in config.targets for t in ("q", "k", "v", "out")):
+    if isinstance(block.attn, TimmAttention):
+        _inject_timm_attention(block.attn, config, router)
+    elif any(t in config.targets for t in ("q", "k", "v", "out")):
         block.attn = LoRAAttention(block.attn, config, router, batch_first)
     if "mlp" in config.targets:
         batch_dim = 0 if batch_first else 1
@@ -309,7 +346,8 @@ def inject_lora(model: nn.Module, config: LoRAConfig, branches: Sequence[str] = 
     missing = [t for t in wanted if t not in towers]
     if missing:
         raise ValueError(f"model {type(model).__name__} has no transformer for tower(s) {missing}; "
-                         "LoRA needs ViT/transformer towers (timm or HF towers are not supported)")
+                         "LoRA needs ViT/transformer towers (OpenCLIP's own or a timm ViT trunk; HF towers "
+                         "are not supported)")
     for tower in wanted:
         transformer = towers[tower]
         for i in adapted_block_indices(len(transformer.resblocks), config):
@@ -319,9 +357,17 @@ def inject_lora(model: nn.Module, config: LoRAConfig, branches: Sequence[str] = 
 
 
 def lora_layers(model: nn.Module) -> Iterable[Tuple[str, nn.Module]]:
-    """(name, module) of every LoRA-carrying module that can ``merge``."""
+    """(name, module) of every outermost LoRA-carrying module that can ``merge``.
+
+    A :class:`LoRALinear` inside a :class:`LoRAAttention` (its ``out_proj`` with the ``out`` target) is
+    left out: the attention's ``merge`` folds it already, and merging it twice would add its update twice.
+    """
+    outer: List[str] = []
     for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in outer):
+            continue
         if isinstance(module, (LoRAAttention, LoRALinear)):
+            outer.append(name)
             yield name, module
 
 

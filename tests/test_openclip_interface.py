@@ -86,7 +86,8 @@ def test_forward_returns_openclip_dict(name, output_dict):
         out = model(image, text)
         expected_image, expected_text = model.encode_image(image), model.encode_text(text)
     assert type(out) is dict
-    assert set(out) == OPENCLIP_KEYS
+    siglip = {"logit_bias"} if model.logit_bias is not None else set()  # SigLIP bases add it, as CLIP.forward
+    assert set(out) == OPENCLIP_KEYS | siglip
     assert all(isinstance(v, torch.Tensor) for v in out.values())  # OpenCLIP stacks every value
     dim = _embed_dim(name)
     assert out["image_features"].shape == out["text_features"].shape == (3, dim)
@@ -97,7 +98,7 @@ def test_forward_returns_openclip_dict(name, output_dict):
     assert out["logit_scale"].shape == model.logit_scale.shape
     torch.testing.assert_close(out["logit_scale"], model.logit_scale.exp())
     # a training loop reading the dict, as open_clip_train does
-    loss = open_clip.ClipLoss()(**out)
+    loss = open_clip.ClipLoss()(**{k: out[k] for k in OPENCLIP_KEYS})
     assert torch.isfinite(loss)
 
 
@@ -112,8 +113,8 @@ def test_output_dict_attribute_does_not_switch_to_tuples(name):
             model.output_dict = flag  # what OpenCLIP's factory and tests set on models
             outs.append(model(image, text))
     for out in outs:
-        assert type(out) is dict and set(out) == OPENCLIP_KEYS
-        for key in OPENCLIP_KEYS:
+        assert type(out) is dict and set(out) == OPENCLIP_KEYS | ({"logit_bias"} if model.logit_bias is not None else set())
+        for key in out:
             assert torch.equal(out[key], outs[0][key])
 
 

@@ -23,7 +23,8 @@ def test_names_are_registered_with_openclip():
     assert open_clip.get_model_config("tclip-dual") == open_clip.get_model_config("ViT-B-16")
     assert open_clip.get_tokenizer("tclip-tiny-dual").context_length == 77
     assert oct.list_tclip_models() == sorted(["tclip-dual", "tclip-fg", "tclip-global", "tclip-tiny-dual",
-                                              "tclip-tiny-fg", "tclip-tiny-global"])
+                                              "tclip-tiny-fg", "tclip-tiny-global", "tclip-siglip-dual",
+                                              "tclip-siglip-fg", "tclip-siglip-global", "tclip-tiny-timm-dual"])
 
 
 _STOCK_SCRIPT = textwrap.dedent("""
