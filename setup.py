@@ -45,7 +45,9 @@ setup(
         "search": ["faiss-cpu>=1.7.4"],
         # CLIP_benchmark runs (python -m open_clip_thermal.clip_benchmark; docs/benchmark.md); it imports requests undeclared
         "eval": ["clip_benchmark>=1.6", "requests"],
-        "dev": ["pytest>=7", "matplotlib>=3.5", "clip_benchmark>=1.6", "requests"],
+        # ONNX export and its onnxruntime check (python -m open_clip_thermal.export onnx; docs/export.md)
+        "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
+        "dev": ["pytest>=7", "matplotlib>=3.5", "clip_benchmark>=1.6", "requests", "onnx>=1.15", "onnxruntime>=1.17"],
     },
     entry_points={
         "console_scripts": [
