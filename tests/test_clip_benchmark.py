@@ -67,7 +67,8 @@ def write_shards(folder, count=N_SAMPLES):
             sink.write({"__key__": f"s{i:04d}", "png": _png(frame),
                         "txt": f"infrared thermal image of scene {i}",
                         "fg.txt": f"infrared thermal image of scene {i}: a person at {20 + i} degrees",
-                        "json": json.dumps({"id": f"s{i}", "split": "test", "kind": ["car", "person", "dog"][i % 3]})})
+                        "json": json.dumps({"id": f"s{i}", "split": "test", "kind": ["car", "person", "dog"][i % 3],
+                                            "scene": f"scene {i:02d}"})})
     return sorted(str(p) for p in folder.glob("*.tar"))
 
 
@@ -150,6 +151,15 @@ def test_precision_defaults():
     assert prepare_argv(["build", "a.json"], cuda_available=False) == ["build", "a.json"]
 
 
+def test_eval_without_clip_benchmark_says_how_to_install(monkeypatch, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "clip_benchmark" else real_find_spec(name, *a))
+    assert main(["eval", "--model", "tclip-tiny-global", "--output", "x.json"]) == 2
+    err = capsys.readouterr().err
+    assert "clip_benchmark is not installed" in err and "open_clip_thermal[eval]" in err
+
+
 def test_help_imports_no_torch():
     code = ("import sys\nfrom open_clip_thermal.clip_benchmark import main\n"
             "assert main(['--help']) == 0\n"
@@ -216,3 +226,43 @@ def test_clip_benchmark_recalls_equal_ours(shards, tmp_path, model_name, caption
         assert ours[key] == their_hits / N_SAMPLES
     # not a trivial agreement: some recalls are neither 0 nor 1
     assert any(0 < h < N_SAMPLES for h, _ in hits.values())
+
+
+@needs_clip_benchmark
+@pytest.mark.parametrize("model_name", ["tclip-tiny-global", "tclip-tiny-dual"])
+def test_clip_benchmark_classification_equals_our_classifier(shards, tmp_path, model_name):
+    """Classification export scored by CLIP_benchmark == our zero-shot classifier on the same frames.
+
+    One class per scene (12 classes, one template): with 3 coarse classes a random tiny model predicts
+    one class for every image, and any two classifiers would agree; here it predicts several.
+    """
+    from open_clip_thermal.classify import classify
+    adapters = make_adapters(model_name, tmp_path / "adapters")
+    templates = tmp_path / "templates.json"
+    templates.write_text(json.dumps(["infrared thermal image of {}"]))
+    assert main(["export", "--data", *shards, "--out", str(tmp_path / "wds" / "cls"), "--task", "classification",
+                 "--label-field", "scene", "--templates", str(templates), "--no-progress"]) == 0
+    output = tmp_path / "clip_benchmark.json"
+    assert main(["eval", "--model", model_name, "--pretrained", adapters, "--dataset", "wds/cls",
+                 "--dataset_root", str(tmp_path / "wds" / "{dataset}"), "--task", "zeroshot_classification",
+                 "--batch_size", "5", "--num_workers", "0", "--output", str(output), "--quiet"]) == 0
+    theirs = json.loads(output.read_text())["metrics"]
+    # the same raw frames as an ImageFolder tree (ROOT/<class>/<key>.png) for our classifier
+    tree = tmp_path / "tree"
+    for path in shards:
+        members = _members(path)
+        for name, data in members.items():
+            if name.endswith(".json"):
+                key = name[:-len(".json")]
+                folder = tree / json.loads(data)["scene"]
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{key}.png").write_bytes(members[f"{key}.png"])
+    torch.manual_seed(0)
+    model = open_clip.create_model(model_name, pretrained=adapters).eval()
+    ours = classify(model, str(tree), templates=str(templates), progress=False, batch_size=5)
+    assert ours["classnames"] == [f"scene {i:02d}" for i in range(N_SAMPLES)] and ours["n_samples"] == N_SAMPLES
+    for metric in ("acc1", "acc5"):
+        assert round(theirs[metric] * N_SAMPLES) == round(ours[metric] * N_SAMPLES), metric
+    assert theirs["mean_per_class_recall"] == pytest.approx(ours["mean_per_class_recall"], abs=1e-12)
+    predicted = np.asarray(ours["confusion_matrix"]).sum(axis=0)
+    assert (predicted > 0).sum() >= 2  # not a constant classifier (two such would agree whatever the pixels)

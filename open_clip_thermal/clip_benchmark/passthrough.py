@@ -10,6 +10,9 @@ plug-in is imported, then CLIP_benchmark parses the arguments itself, unchanged,
 * ``--pretrained`` with a folder (our adapter folders) and no ``--output``: CLIP_benchmark's default
   output name embeds the ``--pretrained`` text, slashes included, and fails after the whole evaluation
   when writing the result; that is refused at once (exit 2).
+
+While it runs, ``compat.py`` replaces CLIP_benchmark's top-k ``accuracy`` if the installed NumPy makes it
+fail (NumPy >= 2.4), and restores it afterwards.
 """
 import importlib.util
 import os
@@ -77,10 +80,13 @@ def run_clip_benchmark(argv: Sequence[str]) -> int:
     import open_clip_thermal  # noqa: F401
     from clip_benchmark import cli as clip_benchmark_cli
 
+    from .compat import patched_accuracy
+
     saved = sys.argv
     sys.argv = ["clip_benchmark", *argv]  # CLIP_benchmark's parser reads sys.argv itself
     try:
-        status = clip_benchmark_cli.main()
+        with patched_accuracy():  # compat.py: its classification accuracy fails under NumPy >= 2.4
+            status = clip_benchmark_cli.main()
     finally:
         sys.argv = saved
     return int(status or 0)
