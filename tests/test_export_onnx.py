@@ -99,3 +99,16 @@ def test_unknown_branch_is_named(tmp_path, capsys):
     assert "'thermal'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="'mixed'"):
         export_onnx(_dual("feature"), tmp_path / "y", branch="mixed")
+
+
+def test_dual_export_with_a_shared_prefix(tmp_path):
+    """LoRA on the last 2 of 4 blocks: the graph runs the first 2 once and still matches PyTorch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = open_clip.create_model("tclip-tiny-dual", lora={"last_k_blocks": 2})
+    randomise_lora(model)
+    model.eval()
+    out = export_onnx(model, tmp_path / "prefix", branch="dual")
+    x = images(3)
+    with torch.no_grad():
+        assert (_ort(out / "image.onnx", {"pixels": x}) - model.encode_image(x)).abs().max() <= 1e-4

@@ -86,6 +86,23 @@ def example_inputs(model: DualLoRAFusion, batch: int, seed: int = 0) -> Dict[str
     return {"pixels": pixels, "tokens": tokens}
 
 
+def _export_graphs(model, out: Path, branch: str, opset: int, x, text_names, text_args) -> torch.Tensor:
+    """Trace and write both graphs; returns one image embedding (for the recorded output shape)."""
+    with torch.no_grad():
+        image_out = model.encode_image(x["pixels"][:1], branch=None if branch == DUAL else branch)
+        for graph, args, names, path in ((_ImageGraph(model, branch), (x["pixels"],), ["pixels"], IMAGE_FILE),
+                                         (_TextGraph(model, branch), text_args, text_names, TEXT_FILE)):
+            axes = {name: {0: "batch"} for name in names + ["embedding"]}
+            with warnings.catch_warnings():
+                # benign here: the branch split is even by construction (the batch is repeated), and the
+                # only advanced index is the end-of-text gather, whose argmax indices are never negative
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", message="Exporting aten::index operator")
+                torch.onnx.export(graph, args, str(out / path), input_names=names, output_names=["embedding"],
+                                  opset_version=opset, dynamo=False, dynamic_axes=axes, do_constant_folding=True)
+    return image_out
+
+
 def export_onnx(model: DualLoRAFusion, out_dir, branch: str = DUAL, opset: int = 17) -> Path:
     """Write ``image.onnx``, ``text.onnx`` and ``export.json`` for one branch or the fused dual model.
 
@@ -105,18 +122,14 @@ def export_onnx(model: DualLoRAFusion, out_dir, branch: str = DUAL, opset: int =
     x = example_inputs(model, 2)
     text_names = _text_inputs(branch)
     text_args = tuple(x["tokens"] if i == 0 else x["tokens"].flip(0) for i in range(len(text_names)))
-    with torch.no_grad():
-        image_out = model.encode_image(x["pixels"][:1], branch=None if branch == DUAL else branch)
-        for graph, args, names, path in ((_ImageGraph(model, branch), (x["pixels"],), ["pixels"], IMAGE_FILE),
-                                         (_TextGraph(model, branch), text_args, text_names, TEXT_FILE)):
-            axes = {name: {0: "batch"} for name in names + ["embedding"]}
-            with warnings.catch_warnings():
-                # benign here: the branch split is even by construction (the batch is repeated), and the
-                # only advanced index is the end-of-text gather, whose argmax indices are never negative
-                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-                warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-                torch.onnx.export(graph, args, str(out / path), input_names=names, output_names=["embedding"],
-                                  opset_version=opset, dynamo=False, dynamic_axes=axes, do_constant_folding=True)
+    # blocks without LoRA keep the stock nn.MultiheadAttention, whose inference fast path
+    # (aten::_native_multi_head_attention) has no ONNX symbolic; the regular path computes the same
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        image_out = _export_graphs(model, out, branch, opset, x, text_names, text_args)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     pre = getattr(model.visual, "preprocess_cfg", {}) or {}
     provenance = getattr(model, "provenance", None)
     atomic_write_json(out / META_FILE, {
