@@ -47,7 +47,10 @@ setup(
         "eval": ["clip_benchmark>=1.6", "requests"],
         # ONNX export and its onnxruntime check (python -m open_clip_thermal.export onnx; docs/export.md)
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
-        "dev": ["pytest>=7", "matplotlib>=3.5", "clip_benchmark>=1.6", "requests", "onnx>=1.15", "onnxruntime>=1.17"],
+        # Transformers CLIPModel export (python -m open_clip_thermal.export transformers; docs/export.md): 5.x tokenizer API
+        "transformers": ["transformers>=5.0"],
+        "dev": ["pytest>=7", "matplotlib>=3.5", "clip_benchmark>=1.6", "requests", "onnx>=1.15", "onnxruntime>=1.17",
+                "transformers>=5.0"],
     },
     entry_points={
         "console_scripts": [
