@@ -72,6 +72,10 @@ def test_fine_grained_branch_of_dual_and_converted_tokenizer(tmp_path):
         other = model.encode_text(ours, branch="global")
     assert (txt - ref).abs().max() <= 1e-4
     assert (txt - other).abs().max() > 1e-2
+    text_encoder = transformers.CLIPTextModelWithProjection.from_pretrained(str(folder)).eval()  # diffusers' way
+    with torch.no_grad():
+        projected = torch.nn.functional.normalize(text_encoder(input_ids=theirs).text_embeds, dim=-1)
+    assert (projected - ref).abs().max() <= 1e-4
     processor = transformers.CLIPImageProcessor.from_pretrained(str(folder))
     assert processor.crop_size == {"height": 64, "width": 64}
 

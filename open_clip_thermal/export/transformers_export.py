@@ -73,6 +73,8 @@ def clip_config(base: nn.Module):
                   image_size=_single(visual.image_size, "image size"), patch_size=_single(visual.patch_size, "patch size"),
                   hidden_act=act, layer_norm_eps=v_block.ln_1.eps, num_channels=visual.conv1.in_channels)
     projection_dim = visual.output_dim
+    # also in each sub-config: CLIPTextModelWithProjection / CLIPVisionModelWithProjection read it there
+    text["projection_dim"] = vision["projection_dim"] = projection_dim
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim,
                       logit_scale_init_value=float(base.logit_scale.detach().float()))
 
