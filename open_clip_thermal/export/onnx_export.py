@@ -4,11 +4,13 @@ Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. The dy
 torch 2.14 fails to decompose the batched two-branch pass (checked on ``tclip-tiny-dual``), while the
 TorchScript one traces it and keeps the batch axis dynamic.
 
-What the graphs compute, under ``torch.no_grad`` (so every LoRA layer folds ``W + B A`` per branch,
-which constant folding turns into plain initializers: no LoRA matrix is left in the graph):
+What the graphs compute, traced under ``torch.no_grad`` (so every LoRA layer uses ``W + B A`` of its
+branch as one weight, as at inference). The exporter's constant folding does not fold that sum (the
+delta scatters its q/k/v groups by a boolean index: NonZero + ScatterND on constants), so the graph
+still computes it from the constant A, B on each call: a few small ops per adapted layer, same numbers.
 
-* one branch: ``encode_image(x, branch=b)`` / ``encode_text(t, branch=b)``, normalised; the LoRA of
-  ``b`` merged into the weights.
+* one branch: ``encode_image(x, branch=b)`` / ``encode_text(t, branch=b)``, normalised; equal to the
+  plain OpenCLIP model with the LoRA of ``b`` merged into its weights (tests/test_export_onnx.py).
 * ``dual`` image: the model's own batched pass (blocks before the first adapted block run once, the
   batch is repeated there, each half goes through its branch's merged weights) and the fusion.
 * ``dual`` text: two token inputs, the global caption through the global branch and the fine-grained
