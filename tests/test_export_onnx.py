@@ -53,6 +53,9 @@ def test_dual_export_matches_pytorch_at_batch_1_and_3(tmp_path, fusion):
 def test_one_branch_export_is_the_merged_branch(tmp_path, branch):
     model = _dual("feature")
     out = export_onnx(model, tmp_path / branch, branch=branch)
+    import onnx
+    ops = {n.op_type for n in onnx.load(str(out / "image.onnx")).graph.node}
+    assert "ScatterND" not in ops  # no in-graph LoRA delta: the weights are merged
     # reference: a plain OpenCLIP model carrying the merged weights
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

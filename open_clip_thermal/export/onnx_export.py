@@ -5,18 +5,20 @@ torch 2.14 fails to decompose the batched two-branch pass (checked on ``tclip-ti
 TorchScript one traces it and keeps the batch axis dynamic.
 
 What the graphs compute, traced under ``torch.no_grad`` (so every LoRA layer uses ``W + B A`` of its
-branch as one weight, as at inference). The exporter's constant folding does not fold that sum (the
-delta scatters its q/k/v groups by a boolean index: NonZero + ScatterND on constants), so the graph
-still computes it from the constant A, B on each call: a few small ops per adapted layer, same numbers.
+branch as one weight, as at inference).
 
-* one branch: ``encode_image(x, branch=b)`` / ``encode_text(t, branch=b)``, normalised; equal to the
-  plain OpenCLIP model with the LoRA of ``b`` merged into its weights (tests/test_export_onnx.py).
+* one branch: a copy with the LoRA of ``b`` merged into the weights and the LoRA layers removed
+  (:func:`merged_copy`), so the graph holds plain weights; ``encode_image``/``encode_text``, normalised.
+* dual: the live model. The exporter's constant folding does not fold ``W + B A`` there (the delta
+  scatters its q/k/v groups by a boolean index: NonZero + ScatterND on constants), so the graph
+  computes it from the constant A, B on each call: a few small ops per adapted layer, same numbers.
 * ``dual`` image: the model's own batched pass (blocks before the first adapted block run once, the
   batch is repeated there, each half goes through its branch's merged weights) and the fusion.
 * ``dual`` text: two token inputs, the global caption through the global branch and the fine-grained
   caption through the other, fused (as ``encode_text_dual``); feed the same tokens twice to fuse one
   caption.
 """
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -27,6 +29,7 @@ import torch.nn as nn
 
 from ..contracts import BRANCHES, FINE_GRAINED, FUSION_MODES, GLOBAL
 from ..files import atomic_write_json
+from ..lora import LoRAAttention, LoRALinear, lora_layers
 from ..model import DualLoRAFusion, fuse_features
 
 DUAL = "dual"  # the --branch value for both branches with the fusion folded in
@@ -57,6 +60,28 @@ class _TextGraph(nn.Module):
         features = {GLOBAL: self.model.encode_text(tokens[0], branch=GLOBAL),
                     FINE_GRAINED: self.model.encode_text(tokens[1], branch=FINE_GRAINED)}
         return fuse_features(features, self.model.lam, self.model.fusion)
+
+
+def merged_copy(model: DualLoRAFusion, branch: str) -> DualLoRAFusion:
+    """A copy of ``model`` with ``branch`` merged into the base weights and the LoRA layers removed, so
+    that the traced graph holds plain weights (the live model's LoRA recomputes ``W + B A`` per call)."""
+    merged = copy.deepcopy(model)
+    for name, layer in list(lora_layers(merged.base)):
+        layer.merge(branch)
+        if isinstance(layer, LoRAAttention):
+            layer.qkv_update = None
+            if isinstance(layer.out_proj, LoRALinear):
+                layer.out_proj = _plain_linear(layer.out_proj)
+        else:
+            parent, _, child = name.rpartition(".")
+            setattr(merged.base.get_submodule(parent), child, _plain_linear(layer))
+    return merged
+
+
+def _plain_linear(layer: LoRALinear) -> nn.Linear:
+    plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    plain.weight, plain.bias = layer.weight, layer.bias
+    return plain
 
 
 def _check_branch(model: DualLoRAFusion, branch: str) -> None:
@@ -121,6 +146,7 @@ def export_onnx(model: DualLoRAFusion, out_dir, branch: str = DUAL, opset: int =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    traced = model if branch == DUAL else merged_copy(model, branch)
     x = example_inputs(model, 2)
     text_names = _text_inputs(branch)
     text_args = tuple(x["tokens"] if i == 0 else x["tokens"].flip(0) for i in range(len(text_names)))
@@ -129,7 +155,7 @@ def export_onnx(model: DualLoRAFusion, out_dir, branch: str = DUAL, opset: int =
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        image_out = _export_graphs(model, out, branch, opset, x, text_names, text_args)
+        image_out = _export_graphs(traced, out, branch, opset, x, text_names, text_args)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     pre = getattr(model.visual, "preprocess_cfg", {}) or {}
