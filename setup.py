@@ -50,7 +50,7 @@ setup(
         # Transformers CLIPModel export (python -m open_clip_thermal.export transformers; docs/export.md): 5.x tokenizer API
         "transformers": ["transformers>=5.0"],
         "dev": ["pytest>=7", "matplotlib>=3.5", "clip_benchmark>=1.6", "requests", "onnx>=1.15", "onnxruntime>=1.17",
-                "transformers>=5.0"],
+                "transformers>=5.0", "faiss-cpu>=1.7.4"],  # faiss: so CI runs the search tests of the faiss path
     },
     entry_points={
         "console_scripts": [
