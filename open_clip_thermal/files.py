@@ -4,22 +4,24 @@ Every writer of a file that another step reads back (adapter folders, exports, c
 caches, annotation files) goes through :func:`atomic_write`: the content is written to a temporary
 file in the destination folder, flushed to disk, and renamed over the destination (``os.replace`` is
 atomic on POSIX and Windows). A process killed at any point leaves either the old file or the new
-one, plus at most a ``*.tmp`` file that the next write does not trip over. :func:`atomic_replace_dir`
-does the same for a folder of files.
+one, plus at most a ``*.tmp`` file that the next write does not trip over. :func:`atomic_write_all`
+writes a set of files (a report) so that a failure while writing leaves all of them as they were, and
+:func:`atomic_replace_dir` does the same for a folder of files.
 
 Saved model folders (LoRA adapter folders, CLIP-Adapter folders) share two file names,
 :data:`CONFIG_NAME` and :data:`WEIGHTS_NAME`, and are read back through :func:`read_config_file` and
 :func:`read_weights_file`, which turn every way a file can be missing or broken into one
 :class:`AdapterError` naming the file; :func:`check_finite` refuses NaN/inf weights before they are
-written. Standard library only at import time (``convert --help`` imports this module): torch and
-safetensors are imported inside the functions that need them.
+written (:func:`first_non_finite` is its rule, also used by the trainer's checkpoint guard).
+Standard library only at import time (``convert --help`` imports this module): torch and safetensors
+are imported inside the functions that need them.
 """
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Mapping, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 if TYPE_CHECKING:  # annotations only; imported lazily where used
     import torch
@@ -39,6 +41,13 @@ def _fsync(path: PathLike) -> None:
         os.fsync(handle.fileno())
 
 
+def _temporary_beside(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
 def atomic_write(path: PathLike, write: Callable[[str], Any], mode: int = None) -> Path:
     """Call ``write(temporary_path)``, then move the finished file to ``path`` in one rename.
 
@@ -50,21 +59,40 @@ def atomic_write(path: PathLike, write: Callable[[str], Any], mode: int = None) 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    return atomic_write_all([(path, write)], mode)[0]
+
+
+def atomic_write_all(writes: Sequence[Tuple[PathLike, Callable[[str], Any]]], mode: int = None) -> List[Path]:
+    """Write several files as one step: every ``write(temporary_path)`` first, then the renames, in order.
+
+    A failure in any ``write`` (or a kill before the renames) leaves every destination as it was. Only a
+    crash between two renames, after all content is on disk, can leave some files new and others old;
+    so name last the file whose presence readers take to mean the set is complete (a report's JSON).
+
+    Args:
+        writes: ``(destination, write)`` pairs, as for :func:`atomic_write`.
+        mode: permission bits for every result.
+
+    Returns:
+        the destinations as :class:`~pathlib.Path`.
+    """
+    paths = [Path(path) for path, _ in writes]
+    temporaries: List[str] = []
     try:
-        write(tmp)
-        _fsync(tmp)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        for path, (_, write) in zip(paths, writes):
+            temporaries.append(_temporary_beside(path))
+            write(temporaries[-1])
+            _fsync(temporaries[-1])
+            if mode is not None:
+                os.chmod(temporaries[-1], mode)
+        for path, tmp in zip(paths, temporaries):
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp in temporaries:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         raise
-    return path
+    return paths
 
 
 def atomic_write_text(path: PathLike, text: str, mode: int = None) -> Path:
@@ -143,9 +171,21 @@ def read_weights_file(path: PathLike, what: str) -> Dict[str, "torch.Tensor"]:
         raise AdapterError(f"{what} weights {path} cannot be read: {e}") from None
 
 
+def first_non_finite(tensors: Iterable[Tuple[str, Any]]) -> Optional[str]:
+    """The name of the first floating-point tensor holding NaN/inf in ``(name, value)`` pairs, or None.
+
+    The package's one non-finite rule: integer tensors and values that are not tensors (an optimizer's
+    plain ``step`` counts, say) are not checked.
+    """
+    import torch
+    for name, value in tensors:
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            return name
+    return None
+
+
 def check_finite(tensors: Mapping[str, "torch.Tensor"], what: str) -> None:
     """Refuse to write NaN/inf weights: :class:`AdapterError` naming the tensor and ``what`` was to be written."""
-    import torch
-    for key, value in tensors.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise AdapterError(f"refusing to write {what}: {key} holds non-finite values (NaN/inf)")
+    bad = first_non_finite(tensors.items())
+    if bad is not None:
+        raise AdapterError(f"refusing to write {what}: {bad} holds non-finite values (NaN/inf)")

@@ -101,3 +101,31 @@ def test_read_weights_file_and_check_finite(tmp_path):
     check_finite(good, "the weights")  # integer tensors are not checked, finite floats pass
     with pytest.raises(AdapterError, match=r"refusing to write the weights: b holds non-finite values"):
         check_finite({**good, "b": torch.tensor([1.0, float("nan")])}, "the weights")
+
+
+def test_one_non_finite_rule_for_adapters_and_checkpoints():
+    import torch
+    from open_clip_thermal.training import checkpoints
+    assert checkpoints.first_non_finite is files.first_non_finite  # the trainer's guard is the same rule
+    pairs = [("steps", torch.tensor([2**62])), ("step", 3.0), ("lr", float("nan")),  # not float tensors: skipped
+             ("ok", torch.zeros(2)), ("bad", torch.tensor([float("inf")])), ("worse", torch.tensor([float("nan")]))]
+    assert files.first_non_finite(pairs) == "bad"
+    assert files.first_non_finite(pairs[:4]) is None
+    assert files.first_non_finite(iter([("half", torch.tensor([float("nan")], dtype=torch.float16))])) == "half"
+    with pytest.raises(AdapterError, match=r"refusing to write the export: bad holds non-finite values \(NaN/inf\)"):
+        check_finite(dict(pairs[3:]), "the export")
+
+
+def test_write_all_keeps_every_old_file_when_one_write_fails(tmp_path):
+    first = files.atomic_write_all([(tmp_path / "a.md", lambda t: open(t, "w").write("old a")),
+                                    (tmp_path / "b.json", lambda t: open(t, "w").write("old b"))])
+    assert first == [tmp_path / "a.md", tmp_path / "b.json"]
+
+    def fail_half_way(tmp):
+        open(tmp, "w").write("new b, cut")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        files.atomic_write_all([(tmp_path / "a.md", lambda t: open(t, "w").write("new a")),
+                                (tmp_path / "b.json", fail_half_way)])
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.md": "old a", "b.json": "old b"}

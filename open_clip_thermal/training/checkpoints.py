@@ -13,11 +13,13 @@ written only when every tensor in it is finite.
 """
 import pickle
 import random
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from ..files import first_non_finite  # re-exported: the trainer's hooks check checkpoints with it
 
 MARKER = "open_clip_thermal"
 
@@ -67,14 +69,6 @@ def check_base(checkpoint: Dict[str, Any], model: nn.Module, path: str) -> None:
         raise ResumeError(f"resume checkpoint {path} was trained on other base weights than this run's "
                           f"--pretrained (checkpoint base {saved}, this run's {live}); the slim checkpoint holds "
                           "only the LoRA/adapter tensors, so resume with the --pretrained of the run that wrote it")
-
-
-def first_non_finite(tensors: Iterable[Tuple[str, Any]]) -> Optional[str]:
-    """The name of the first floating-point tensor holding NaN/inf, or None."""
-    for name, value in tensors:
-        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
-            return name
-    return None
 
 
 def optimizer_tensors(optimizer_state: Dict[str, Any]):
