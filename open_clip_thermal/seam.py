@@ -11,6 +11,17 @@ The seam (see ``registry.py`` for why it is needed) registers our architecture J
 ``open_clip.create_model``) by :func:`_routed_create_model`, which imports ``registry`` only when a
 model is built. Nothing here imports the rest of the package, so the hook can fire in the middle of
 any import without a cycle. Standard library only at import time.
+
+Tokenizers: a T-CLIP model's text tower is its base's (``registry`` builds the base by name and adds
+LoRA), so its tokenizer must be the base's too. OpenCLIP's ``get_tokenizer`` decides from the name's
+JSON or from the name itself: a name without an architecture JSON (any name added at run time with
+``register_tclip_model``, e.g. the trainer's ``tclip-custom-ViT-B-16-SigLIP``) silently gets the
+CLIP BPE tokenizer with 77 tokens, and a name containing "siglip" without ``hf_tokenizer_name`` gets
+SigLIP's sentencepiece tokenizer. So the seam also replaces ``open_clip.factory.get_tokenizer`` (and
+the alias ``open_clip.get_tokenizer``) by :func:`_routed_get_tokenizer`, which hands OpenCLIP a T-CLIP
+name's base name instead; every other name, and every argument, passes through unchanged. (Modules
+that bound ``get_tokenizer`` before the seam was installed keep OpenCLIP's own; for the shipped names
+that is the same tokenizer, their JSONs copy the base's ``text_cfg``, tests/test_tokenizers.py.)
 """
 import functools
 import importlib.util
@@ -22,6 +33,7 @@ from pathlib import Path
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 _original = None  # OpenCLIP's own create_model while the seam is installed
+_original_tokenizer = None  # OpenCLIP's own get_tokenizer while the seam is installed
 _armed = False
 
 
@@ -39,6 +51,30 @@ def _routed_create_model(model_name, pretrained=None, **kwargs):
 
 
 _routed_create_model._open_clip_thermal = True
+
+
+def original_get_tokenizer():
+    """OpenCLIP's ``get_tokenizer`` as it was before the seam wrapped it."""
+    if _original_tokenizer is not None:
+        return _original_tokenizer
+    import open_clip.factory
+    return open_clip.factory.get_tokenizer
+
+
+def tokenizer_model_name(model_name: str) -> str:
+    """The name OpenCLIP should pick a tokenizer for: a T-CLIP name's base, any other name itself."""
+    from .registry import get_tclip_config, list_tclip_models
+    if isinstance(model_name, str) and model_name in list_tclip_models():
+        return get_tclip_config(model_name)["base_model"]
+    return model_name
+
+
+def _routed_get_tokenizer(model_name="", context_length=None, cache_dir=None, **kwargs):
+    return original_get_tokenizer()(tokenizer_model_name(model_name), context_length=context_length,
+                                    cache_dir=cache_dir, **kwargs)
+
+
+_routed_get_tokenizer._open_clip_thermal = True
 
 
 def is_installed() -> bool:
@@ -59,31 +95,45 @@ def configs_registered() -> bool:
                for path in sorted(MODEL_CONFIG_DIR.glob("*.json")))
 
 
+def tokenizer_installed() -> bool:
+    """Whether OpenCLIP's ``get_tokenizer`` currently routes T-CLIP names to their base."""
+    factory = sys.modules.get("open_clip.factory")
+    return bool(factory is not None and getattr(factory.get_tokenizer, "_open_clip_thermal", False))
+
+
 def install() -> None:
-    """Register the architecture JSONs and route ``create_model`` through the plug-in (idempotent)."""
-    global _original
+    """Register the architecture JSONs; route ``create_model`` and ``get_tokenizer`` through the
+    plug-in (idempotent)."""
+    global _original, _original_tokenizer
     import open_clip
     import open_clip.factory as oc_factory
     if not configs_registered():
         open_clip.add_model_config(MODEL_CONFIG_DIR)
-    if is_installed():
-        return
-    _original = oc_factory.create_model
-    functools.update_wrapper(_routed_create_model, _original)  # OpenCLIP's name, docstring and signature
-    oc_factory.create_model = _routed_create_model
-    open_clip.create_model = _routed_create_model
+    if not is_installed():
+        _original = oc_factory.create_model
+        functools.update_wrapper(_routed_create_model, _original)  # OpenCLIP's name, docstring and signature
+        oc_factory.create_model = _routed_create_model
+        open_clip.create_model = _routed_create_model
+    if not tokenizer_installed():
+        _original_tokenizer = oc_factory.get_tokenizer
+        functools.update_wrapper(_routed_get_tokenizer, _original_tokenizer)
+        oc_factory.get_tokenizer = _routed_get_tokenizer
+        open_clip.get_tokenizer = _routed_get_tokenizer
 
 
 def uninstall() -> None:
-    """Restore OpenCLIP's own ``create_model`` (the JSON configs stay registered)."""
-    global _original
-    if not is_installed():
-        return
+    """Restore OpenCLIP's own ``create_model`` and ``get_tokenizer`` (the JSON configs stay registered)."""
+    global _original, _original_tokenizer
     import open_clip
     import open_clip.factory as oc_factory
-    oc_factory.create_model = _original
-    open_clip.create_model = _original
-    _original = None
+    if is_installed():
+        oc_factory.create_model = _original
+        open_clip.create_model = _original
+        _original = None
+    if tokenizer_installed():
+        oc_factory.get_tokenizer = _original_tokenizer
+        open_clip.get_tokenizer = _original_tokenizer
+        _original_tokenizer = None
 
 
 class _AfterOpenClipImport(MetaPathFinder):
