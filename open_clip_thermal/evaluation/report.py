@@ -1,10 +1,23 @@
-"""Write results.json, results.md (laid out like the paper's tables) and PNG plots."""
+"""Write results.json, results.md (laid out like the paper's tables) and PNG plots; read results.json back.
+
+The report is written as one step (:func:`open_clip_thermal.files.atomic_write_all`: every file to a
+temporary name first, then the renames, results.json last): a run that fails or is killed while writing
+its report leaves the previous run's files as they were, never a cut-short results.json that a later
+step would take for real numbers, nor new plots beside old tables.
+"""
 import json
+import os
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Union
 
 from ..contracts import FUSION_FEATURE, FUSION_MODES, FUSION_SCORE
+from ..files import atomic_write, atomic_write_all
+from .errors import BenchmarkError
 from .evaluate import DIRECTIONS
+
+RESULTS_NAME = "results.json"  # what reproduce, quickstart and the Hub card read back
+MARKDOWN_NAME = "results.md"
+RESULT_KEYS = ("config", "rows")  # present in every results.json the benchmark writes
 
 _ARROWS = {"image_to_text": "I→T", "text_to_image": "T→I"}
 
@@ -95,12 +108,24 @@ def render_markdown(results: Mapping) -> str:
     return "\n".join(out)
 
 
-def plot_lambda_sweep(sweep: Mapping, label: str, path: Path) -> Path:
-    """Mean recall against λ for both fusion modes, best λ marked."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")  # files only; no display on GPU nodes
     import matplotlib.pyplot as plt
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    return plt
+
+
+def _save_png(figure, path) -> None:
+    # format given: the temporary name ends in .tmp, from which matplotlib cannot tell the format
+    try:
+        figure.tight_layout()
+        figure.savefig(path, dpi=120, format="png")
+    finally:
+        _pyplot().close(figure)
+
+
+def _draw_lambda_sweep(sweep: Mapping, label: str, path) -> None:
+    figure, axis = _pyplot().subplots(figsize=(5, 3.5))
     for mode, style in ((FUSION_FEATURE, "o-"), (FUSION_SCORE, "s--")):
         values = [100 * v for v in sweep[mode]["mean_recall"]]
         axis.plot(sweep["lambdas"], values, style, label=f"{mode} (best λ={sweep[mode]['best_lambda']:g})")
@@ -109,28 +134,28 @@ def plot_lambda_sweep(sweep: Mapping, label: str, path: Path) -> Path:
     axis.set_title(label)
     axis.grid(alpha=0.3)
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    _save_png(figure, path)
 
 
-def plot_thermal_gap(gap: Mapping, path: Path) -> Path:
-    """Bar chart of the mean matched-pair cosine per row."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _draw_thermal_gap(gap: Mapping, path) -> None:
     labels = list(gap["per_row"])
-    figure, axis = plt.subplots(figsize=(max(4, 0.8 * len(labels) + 1), 3.5))
+    figure, axis = _pyplot().subplots(figsize=(max(4, 0.8 * len(labels) + 1), 3.5))
     axis.bar(range(len(labels)), [gap["per_row"][l]["mean"] for l in labels],
              yerr=[gap["per_row"][l]["std"] or 0 for l in labels], capsize=3)
     axis.set_xticks(range(len(labels)))
     axis.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     axis.set_ylabel("matched-pair cosine")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    _save_png(figure, path)
+
+
+def plot_lambda_sweep(sweep: Mapping, label: str, path: Path) -> Path:
+    """Mean recall against λ for both fusion modes, best λ marked (PNG, written atomically)."""
+    return atomic_write(path, lambda tmp: _draw_lambda_sweep(sweep, label, tmp))
+
+
+def plot_thermal_gap(gap: Mapping, path: Path) -> Path:
+    """Bar chart of the mean matched-pair cosine per row (PNG, written atomically)."""
+    return atomic_write(path, lambda tmp: _draw_thermal_gap(gap, tmp))
 
 
 def _plot_name(label: str) -> str:
@@ -138,19 +163,53 @@ def _plot_name(label: str) -> str:
 
 
 def write_report(results: Dict, out_dir: Path, plots: bool = True) -> Dict[str, Path]:
-    """Write results.json, results.md and (with ``plots``) the PNGs; returns the paths written."""
+    """Write the PNGs (with ``plots``), results.md and results.json as one step; returns the paths written.
+
+    Every file is drawn or rendered to a temporary file first and renamed only once all of them are
+    written (:func:`~open_clip_thermal.files.atomic_write_all`), results.json last: a run that fails or
+    is killed while writing its report leaves the previous run's files as they were.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
+    writes = {}  # name in the returned dict -> (destination, writer of a temporary path)
     if plots:
         results["plots"] = {}
         for label, sweep in results["lambda_sweep"].items():
-            written[label] = plot_lambda_sweep(sweep, label, out_dir / _plot_name(label))
-            results["plots"][f"lambda_sweep:{label}"] = written[label].name
+            writes[label] = (out_dir / _plot_name(label),
+                             lambda tmp, sweep=sweep, label=label: _draw_lambda_sweep(sweep, label, tmp))
+            results["plots"][f"lambda_sweep:{label}"] = writes[label][0].name
         if results["thermal_gap"]["per_row"]:
-            written["thermal_gap"] = plot_thermal_gap(results["thermal_gap"], out_dir / "thermal_gap.png")
-            results["plots"]["thermal_gap"] = written["thermal_gap"].name
-    written["json"] = out_dir / "results.json"
-    written["json"].write_text(json.dumps(results, indent=2))
-    written["md"] = out_dir / "results.md"
-    written["md"].write_text(render_markdown(json.loads(written["json"].read_text())))
-    return written
+            writes["thermal_gap"] = (out_dir / "thermal_gap.png", lambda tmp: _draw_thermal_gap(results["thermal_gap"], tmp))
+            results["plots"]["thermal_gap"] = writes["thermal_gap"][0].name
+    text = json.dumps(results, indent=2) + "\n"
+    # the Markdown is rendered from the JSON as written (string K keys), as a reader of the file sees it
+    markdown = render_markdown(json.loads(text))
+    writes["md"] = (out_dir / MARKDOWN_NAME, lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8"))
+    writes["json"] = (out_dir / RESULTS_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return dict(zip(writes, atomic_write_all(list(writes.values()))))
+
+
+def read_results(path: Union[str, os.PathLike]) -> Dict:
+    """Parse a benchmark results.json (the file, or the ``--out`` folder holding it).
+
+    Raises:
+        BenchmarkError: naming the file when it is missing, unreadable, not valid JSON (e.g. cut short
+            by a crash of a writer that was not atomic) or not a benchmark results file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BenchmarkError(f"no benchmark results at {path}: run the benchmark first") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BenchmarkError(f"cannot read benchmark results {path}: {error}") from None
+    try:
+        results = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BenchmarkError(f"benchmark results {path} are not valid JSON ({error}); the file is damaged or "
+                             "cut short: run the benchmark again") from None
+    missing = [key for key in RESULT_KEYS if not isinstance(results, dict) or key not in results]
+    if missing:
+        raise BenchmarkError(f"{path} is not a benchmark results file: it lacks {', '.join(missing)}")
+    return results
