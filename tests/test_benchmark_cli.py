@@ -199,6 +199,9 @@ def test_tclip_variants_end_to_end(tmp_path):
     assert (out / "thermal_gap.png").stat().st_size > 0
     md = (out / "results.md").read_text()
     assert "vs. Global LoRA (tclip-dual/folder)" in md and "## λ sweep: tclip-dual" in md
+    # A second run reads every embedding from the disk cache (new tensors per read): same geometry entries.
+    assert main(argv) == 0
+    assert json.loads((out / "results.json").read_text())["geometry"] == results["geometry"]
 
 
 def test_part_of_a_split_is_warned_and_recorded(tmp_path):

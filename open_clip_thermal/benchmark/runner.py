@@ -53,9 +53,11 @@ def _encode_all(specs: Sequence[VariantSpec], args, urls, index, data_id, cache,
                 label = f"{spec.name}#{number}" if len(spec.seeds) > 1 else spec.name
                 weights = "+".join("none" if w is None else str(w) for w in seed)
                 who = f"variant {spec.name}" + (f", seed {number + 1} of {len(spec.seeds)}" if len(spec.seeds) > 1 else "")
-                have.update(encode_test_set(model, spec.model, label, needs | set(have), urls, index, data_id, cache,
-                                            batch_size=args.batch_size, device=args.device, norm=norm,
-                                            who=f"{who} (model {spec.model!r}, weights {weights!r})"))
+                encoded = encode_test_set(model, spec.model, label, needs | set(have), urls, index, data_id, cache,
+                                          batch_size=args.batch_size, device=args.device, norm=norm,
+                                          who=f"{who} (model {spec.model!r}, weights {weights!r})")
+                # entries already held stay the same objects (a cache read returns a new copy each time)
+                have.update({need: tensor for need, tensor in encoded.items() if need not in have})
                 del model
                 gc.collect()
                 if torch.cuda.is_available():

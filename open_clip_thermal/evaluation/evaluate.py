@@ -7,6 +7,7 @@ import torch
 from tqdm import tqdm
 
 from ..contracts import FINE_GRAINED, FUSION_FEATURE, FUSION_MODES, FUSION_SCORE, GLOBAL
+from .cache import hash_state_dict
 from .fused import fuse_branches
 from .geometry import mean_feature_angle, mean_intra_group_cosine
 from .retrieval import caption_groups, chance_recalls, retrieval_recalls
@@ -100,6 +101,17 @@ def _geometry(variant_rows: Sequence[Row], seeds: Sequence[Embeddings], group_la
     return result
 
 
+def image_embeddings_id(seeds: Sequence[Embeddings]) -> Tuple[str, ...]:
+    """What identifies a variant's image embeddings, and so its feature geometry: per seed, a hash of
+    the branch names and the content of the image features.
+
+    By content, not by tensor object: a variant whose embeddings were read from the disk cache holds
+    other tensors than one encoded in this run (or read a second time), yet its geometry is the same.
+    """
+    return tuple(hash_state_dict({str(branch): tensor for (branch, what), tensor in emb.items() if what == "image"})
+                 for emb in seeds)
+
+
 # The paper's family of gap comparisons (Figure 1, appendix): zero-shot CLIP, Global LoRA and T-CLIP (Dual),
 # three Welch tests adjusted together. Each role is the first table row of that kind.
 PAPER_GAP_FAMILY = ("zeroshot", "lora-global", "tclip-dual")
@@ -191,8 +203,7 @@ def evaluate(rows: Sequence[Row], embeddings: Mapping[str, Sequence[Embeddings]]
         # embeddings; report their geometry once, under all their names.
         sources: Dict[tuple, List[str]] = {}
         for variant in dict.fromkeys(r.variant for r in rows):
-            images = tuple(id(t) for emb in embeddings[variant] for (b, what), t in sorted(emb.items(), key=str) if what == "image")
-            sources.setdefault(images, []).append(variant)
+            sources.setdefault(image_embeddings_id(embeddings[variant]), []).append(variant)
         for variants in sources.values():
             variant_rows = [r for r in rows if r.variant == variants[0]]
             geometry[", ".join(variants)] = _geometry(variant_rows, embeddings[variants[0]], group_labels)
