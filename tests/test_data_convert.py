@@ -308,3 +308,65 @@ def test_reencode_keeps_float_frames_instead_of_truncating_them_to_two_levels(tm
     for name, array in (("ramp", ramp), ("counts", counts)):
         levels = np.unique(np.round(loaded[name][0].numpy() * 255))
         assert len(levels) == 64, name  # 64 distinct values survive, not 2 grey levels
+
+
+def _tars(out):
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+
+
+def test_refused_resume_names_the_settings_that_differ_and_touches_nothing(tmp_path, capsys):
+    records = make_numbered_set(tmp_path, 6)
+    assert _convert(tmp_path, records, "--maxcount", "2")[0] == 0
+    out = tmp_path / "out"
+    before, journal = _tars(out), (out / "_convert_journal-thermal.jsonl").read_bytes()
+    capsys.readouterr()
+    status, _ = _convert(tmp_path, records, "--maxcount", "3", "--seed", "9", "--allow-outside-root")
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "other settings (then -> now: allow_outside_root: false -> true; maxcount: 2 -> 3; seed: 0 -> 9)" in err
+    assert "Rerun with the earlier settings and input to resume, pass --overwrite" in err
+    assert _tars(out) == before and (out / "_convert_journal-thermal.jsonl").read_bytes() == journal
+
+
+def test_refused_resume_with_a_changed_field_name_names_the_nested_setting(tmp_path, capsys):
+    records = make_numbered_set(tmp_path, 4)
+    assert _convert(tmp_path, records)[0] == 0
+    capsys.readouterr()
+    assert _convert(tmp_path, records, "--fg-field", "")[0] == 2
+    assert 'fields.fg_caption: "fg_caption" -> ""' in capsys.readouterr().err
+
+
+def test_refused_resume_with_the_same_settings_but_other_input_says_so(tmp_path, capsys):
+    records = make_numbered_set(tmp_path, 4)
+    assert _convert(tmp_path, records)[0] == 0
+    capsys.readouterr()
+    records[1]["global_caption"] = "infrared thermal global, edited"
+    assert _convert(tmp_path, records)[0] == 2
+    assert "the same settings but other input" in capsys.readouterr().err
+
+
+def test_journal_of_an_older_version_without_settings_is_refused_saying_why(tmp_path, capsys):
+    records = make_numbered_set(tmp_path, 4)
+    assert _convert(tmp_path, records)[0] == 0
+    journal = tmp_path / "out" / "_convert_journal-thermal.jsonl"
+    lines = journal.read_text().splitlines()
+    lines[0] = json.dumps({"fingerprint": "0" * 64})  # the header the previous version wrote
+    journal.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert _convert(tmp_path, records)[0] == 2
+    err = capsys.readouterr().err
+    assert "journal records only a fingerprint (written by an older open_clip_thermal" in err and "--overwrite" in err
+    journal.unlink()
+    assert _convert(tmp_path, records)[0] == 2
+    assert "with no readable conversion journal (_convert_journal-thermal.jsonl)" in capsys.readouterr().err
+
+
+def test_same_settings_resume_keeps_every_finished_shard(tmp_path):
+    records = make_numbered_set(tmp_path, 6)
+    assert _convert(tmp_path, records, "--maxcount", "2")[0] == 0
+    out = tmp_path / "out"
+    header = json.loads((out / "_convert_journal-thermal.jsonl").read_text().splitlines()[0])
+    assert header["settings"]["maxcount"] == 2 and len(header["fingerprint"]) == 64
+    before = _tars(out)
+    assert _convert(tmp_path, records, "--maxcount", "2")[0] == 0
+    assert _tars(out) == before and json.loads((out / "manifest.json").read_text())["resumed_shards"] == 3

@@ -199,13 +199,18 @@ def plan_samples(annotations: List[Annotation], options: ConvertOptions) -> Tupl
     return plan, skipped
 
 
-def _fingerprint(options: ConvertOptions, plan: Dict[str, List[PlannedSample]]) -> str:
-    """Hash of everything that decides the shard bytes; a resume needs the same value."""
-    digest = hashlib.sha256()
+def _settings(options: ConvertOptions) -> Dict[str, Any]:
+    """The options that decide the shard bytes, as JSON values (the journal records them)."""
     settings = {k: v for k, v in asdict(options).items()
                 if k not in ("command", "progress", "threads", "overwrite", "throttle", "strict", "norm",
                              "max_skip_fraction")}
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def _fingerprint(options: ConvertOptions, plan: Dict[str, List[PlannedSample]]) -> str:
+    """Hash of everything that decides the shard bytes; a resume needs the same value."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(_settings(options), sort_keys=True).encode())
     for split in sorted(plan):
         for item in plan[split]:
             digest.update(json.dumps([split, item.key, asdict(item.annotation), asdict(item.thermal),
@@ -253,6 +258,38 @@ def _valid_entries(options: ConvertOptions, entries: List[Dict[str, Any]], plan:
     return kept
 
 
+def _setting_changes(before: Dict[str, Any], now: Dict[str, Any], prefix: str = "") -> List[str]:
+    """``name: old -> new`` for every setting that differs (nested ones as ``fields.image``)."""
+    changes = []
+    for name in sorted(set(before) | set(now)):
+        old, new = before.get(name, "(not recorded)"), now.get(name, "(not recorded)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _setting_changes(old, new, f"{prefix}{name}.")
+        elif old != new:
+            changes.append(f"{prefix}{name}: {json.dumps(old)} -> {json.dumps(new)}")
+    return changes
+
+
+def _not_resumable(options: ConvertOptions, header: Optional[Dict[str, Any]], existing: List[str]) -> str:
+    """Why the shards in the output folder cannot be resumed by this run, and what to do (one line)."""
+    what = f"{options.output_dir} already holds shards of prefix {options.prefix!r} (e.g. {existing[0]})"
+    if header is None:
+        why = f"with no readable conversion journal ({os.path.basename(_journal_path(options))}), so nothing says what wrote them"
+    elif "settings" not in header:
+        why = ("from a conversion whose journal records only a fingerprint (written by an older open_clip_thermal; "
+               "the fingerprint also changed when --allow-outside-root was added), so they cannot be resumed")
+    else:
+        changes = _setting_changes(header["settings"], _settings(options))
+        if changes:
+            shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+            why = f"from a conversion with other settings (then -> now: {shown})"
+        else:
+            why = ("from a conversion with the same settings but other input (annotation rows, image files or "
+                   "their formats changed since)")
+    return (f"{what} {why}; resuming would mix two conversions. Rerun with the earlier settings and input to "
+            f"resume, pass --overwrite to delete them and start clean, or choose another --output-dir / --prefix")
+
+
 def prepare_output(options: ConvertOptions, fingerprint: str, plan: Dict[str, List[PlannedSample]]) -> Tuple[ConversionJournal, List[Dict[str, Any]]]:
     """Decide between resuming and starting clean, and clean the output folder accordingly.
 
@@ -264,10 +301,7 @@ def prepare_output(options: ConvertOptions, fingerprint: str, plan: Dict[str, Li
     previous = None if options.overwrite else journal.load(fingerprint)
     existing = _our_files(options)
     if previous is None and existing and not options.overwrite:
-        raise ConversionError(
-            f"{options.output_dir} already holds shards of prefix {options.prefix!r} from a different or "
-            f"unjournaled conversion (e.g. {existing[0]}); pass --overwrite to delete them and start clean, "
-            f"or choose another --output-dir / --prefix")
+        raise ConversionError(_not_resumable(options, journal.header(), existing))
     kept = _valid_entries(options, previous or [], plan)
     kept_names = {entry["name"] for entry in kept}
     for name in existing:
@@ -276,7 +310,7 @@ def prepare_output(options: ConvertOptions, fingerprint: str, plan: Dict[str, Li
     manifest_path = os.path.join(options.output_dir, MANIFEST_NAME)
     if os.path.exists(manifest_path):
         os.remove(manifest_path)  # rewritten at the end; a stale one must not describe new shards
-    journal.start(fingerprint, kept)
+    journal.start(fingerprint, kept, _settings(options))
     if kept:
         log.info("resuming: keeping %d finished shard(s) in %s", len(kept), options.output_dir)
     return journal, kept

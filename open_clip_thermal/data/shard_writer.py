@@ -70,19 +70,27 @@ class ConversionJournal:
     def __init__(self, path: str):
         self.path = path
 
+    def header(self) -> Optional[Dict[str, Any]]:
+        """The journal's first line (``fingerprint``, and ``settings`` since they are recorded), or None
+        when there is no readable journal."""
+        if not os.path.exists(self.path):
+            return None
+        with open(self.path, encoding="utf-8") as handle:
+            first = handle.readline()
+        try:
+            header = json.loads(first)
+        except json.JSONDecodeError:
+            return None
+        return header if isinstance(header, dict) else None
+
     def load(self, fingerprint: str) -> Optional[List[Dict[str, Any]]]:
         """Finished shard entries if the journal belongs to ``fingerprint``, None otherwise."""
-        if not os.path.exists(self.path):
+        header = self.header()
+        if header is None or header.get("fingerprint") != fingerprint:
             return None
         entries: List[Dict[str, Any]] = []
         with open(self.path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
-        try:
-            header = json.loads(lines[0]) if lines else {}
-        except json.JSONDecodeError:
-            return None
-        if header.get("fingerprint") != fingerprint:
-            return None
         for line in lines[1:]:
             try:
                 entries.append(json.loads(line))
@@ -90,11 +98,17 @@ class ConversionJournal:
                 break  # the last line of a killed run may be cut short
         return entries
 
-    def start(self, fingerprint: str, entries: List[Dict[str, Any]]) -> None:
-        """Rewrite the journal with a header and the ``entries`` that are kept."""
+    def start(self, fingerprint: str, entries: List[Dict[str, Any]],
+              settings: Optional[Dict[str, Any]] = None) -> None:
+        """Rewrite the journal with a header and the ``entries`` that are kept.
+
+        ``settings`` (the fingerprinted options) go into the header, so that a later run with other
+        settings can be told which ones differ.
+        """
         temporary = self.path + PARTIAL_SUFFIX
+        header = {"fingerprint": fingerprint, **({"settings": settings} if settings is not None else {})}
         with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps({"fingerprint": fingerprint}) + "\n")
+            handle.write(json.dumps(header, sort_keys=True) + "\n")
             for entry in entries:
                 handle.write(json.dumps(entry, sort_keys=True) + "\n")
         os.replace(temporary, self.path)
