@@ -229,3 +229,35 @@ def test_checkpoints_and_adapters_go_to_the_run_folder_of_the_trainer_args(tmp_p
     assert hooks._run_dir == tmp_path / "logs" / "run"
     assert (hooks._run_dir / "checkpoints" / "epoch_1.pt").exists()
     assert (hooks._run_dir / "adapters" / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--imagenet-val", "IMAGENET"], "--imagenet-val: ImageNet zero-shot evaluation is part of open_clip_train's own"),
+    (["--imagenet-v2", "IMAGENET"], "--imagenet-v2: ImageNet zero-shot evaluation"),
+    (["--dataset-type", "csv"], "--dataset-type csv: this trainer reads WebDataset shards"),
+    (["--dataset-type=synthetic"], "--dataset-type synthetic: this trainer reads WebDataset shards"),
+    (["--dataset-resampled", "--train-data-upsampling-factors", "1::2"], "--train-data-upsampling-factors: the thermal"),
+])
+def test_flags_only_the_stock_data_loader_reads_are_refused_before_the_run(tmp_path, shards, capsys, extra, message):
+    """open_clip_train's get_data is replaced by the thermal loader: these flags would silently do nothing."""
+    extra = [str(tmp_path) if a == "IMAGENET" else a for a in extra]
+    rc = train_main(["--model", "tclip-tiny-global", "--train-data", shards, "--logs", str(tmp_path / "logs"),
+                     "--name", "refused", *COMMON, "--max-steps", "1", *extra])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()  # refused before open_clip_train made its run folder
+
+
+def test_csv_training_data_is_refused_naming_the_file(tmp_path, shards, capsys):
+    csv_file = tmp_path / "train.csv"
+    csv_file.write_text("filepath\ttitle\n")
+    rc = train_main(["--model", "tclip-tiny-global", "--train-data", f"{shards}::{csv_file}", "--logs", str(tmp_path),
+                     "--name", "csv", *COMMON, "--max-steps", "1"])
+    assert rc == 2 and f"--train-data {csv_file}: a CSV/TSV file" in capsys.readouterr().err
+
+
+def test_the_hooks_refuse_stock_loader_flags_for_any_caller():
+    import argparse
+    from open_clip_thermal.training.hooks import TrainerHooks, TrainOptions
+    args = argparse.Namespace(imagenet_val="/data/imagenet/val", train_data=None, val_data=None)
+    with pytest.raises(ValueError, match="--imagenet-val: ImageNet zero-shot"):
+        TrainerHooks(TrainOptions()).get_data(args, (None, None))

@@ -10,7 +10,8 @@ import sys
 from typing import Optional, Sequence
 
 import open_clip_thermal  # noqa: F401  (registers the T-CLIP models with OpenCLIP once it is imported)
-from open_clip_thermal.training.options import build_parser, parse_args, plan_steps, train_options
+from open_clip_thermal.training.options import (build_parser, parse_args, plan_steps, refuse_stock_loader_flags,
+                                                train_options)
 
 
 def _trainer_help() -> str:
@@ -31,6 +32,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(_trainer_help())
         return 0
     options = train_options(ours)
+    from open_clip_train.params import parse_args as trainer_parse_args  # argparse only, no torch
+    try:  # before any model is built: flags only open_clip_train's own data loader reads
+        refuse_stock_loader_flags(trainer_parse_args(rest))
+    except ValueError as e:
+        print(f"open_clip_thermal.train: {e}", file=sys.stderr)
+        return 2
     trainer_argv = plan_steps(ours, rest)
     # Imported after the flags parse, so that --help and flag errors import no torch.
     import open_clip_train.main as trainer_main

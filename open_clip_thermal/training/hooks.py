@@ -57,6 +57,7 @@ from ..registry import get_tclip_config, list_tclip_models, register_tclip_model
 from .checkpoints import (MARKER, NonFiniteWeightsError, ResumeError, check_base, expand_checkpoint, first_non_finite,
                           is_slim, load_checkpoint, optimizer_tensors, restore_rng_state, slim_checkpoint)
 from .losses import DualBranchClipLoss, FiniteLossGuard
+from .options import refuse_stock_loader_flags
 
 # branch mode -> (branches of the model, caption mode of the loader)
 _BRANCH_LAYOUT = {
@@ -230,6 +231,7 @@ class TrainerHooks:
 
     def get_data(self, args, preprocess_fns, epoch: int = 0, tokenizer=None):
         self._remember_run(args)
+        refuse_stock_loader_flags(args)  # the CLI checked already; this covers other callers of the hooks
         from ..data.loader import check_captions_available, make_thermal_dataloader
         pp_train, pp_val = preprocess_fns
         _, caption_mode = _BRANCH_LAYOUT[self.options.branch]

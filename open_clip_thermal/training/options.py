@@ -161,6 +161,41 @@ def train_options(ours: argparse.Namespace) -> "TrainOptions":
                         clip_adapter_reduction=ours.clip_adapter_reduction, declip=declip)
 
 
+def refuse_stock_loader_flags(trainer_args: argparse.Namespace) -> None:
+    """Refuse open_clip_train data flags that only its own ``get_data`` reads.
+
+    The trainer hooks replace open_clip_train's ``get_data`` by the thermal loader (``training/hooks.py``),
+    so these flags would be accepted and then do nothing: no ImageNet zero-shot numbers, uniform instead
+    of weighted sources, shards read where a CSV was asked for.
+
+    Args:
+        trainer_args: open_clip_train's parsed flags (``open_clip_train.params.parse_args``).
+
+    Raises:
+        ValueError: naming the first such flag and what to do instead.
+    """
+    for flag in ("imagenet_val", "imagenet_v2"):
+        if getattr(trainer_args, flag, None):
+            raise ValueError(f"--{flag.replace('_', '-')}: ImageNet zero-shot evaluation is part of open_clip_train's own "
+                             "data loader, which this trainer replaces by the thermal loader, so it would not run; "
+                             "drop the flag and evaluate the trained model afterwards (python -m "
+                             "open_clip_thermal.classify on an ImageFolder tree, or python -m open_clip_thermal.benchmark)")
+    if getattr(trainer_args, "train_data_upsampling_factors", None):
+        raise ValueError("--train-data-upsampling-factors: the thermal loader has no per-source weights (every shard "
+                         "of every '::'-joined source counts the same), so the factors would be ignored; drop the flag "
+                         "(to weight a source up, convert it into more shards; docs/data.md)")
+    dataset_type = getattr(trainer_args, "dataset_type", "auto")
+    if dataset_type not in ("auto", "webdataset"):
+        raise ValueError(f"--dataset-type {dataset_type}: this trainer reads WebDataset shards with its thermal "
+                         "loader; open_clip_train's csv and synthetic loaders are not used. Write shards with "
+                         "python -m open_clip_thermal.convert and drop the flag")
+    for flag in ("train_data", "val_data"):
+        for source in str(getattr(trainer_args, flag, None) or "").split("::"):
+            if source.strip().lower().endswith((".csv", ".tsv")):
+                raise ValueError(f"--{flag.replace('_', '-')} {source.strip()}: a CSV/TSV file; this trainer reads "
+                                 "WebDataset shards (python -m open_clip_thermal.convert turns annotations into them)")
+
+
 def _flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
     value = None
     for i, arg in enumerate(argv):
