@@ -17,7 +17,7 @@ setup(
     package_data={"open_clip_thermal": ["model_configs/*.json", "tclip_configs/*.json", "ircap/prompts/*.txt",
                                         "ircap/lexicons/*.json", "classify/*.json",
                                         "reproduce/*.json"]},
-    python_requires=">=3.9",
+    python_requires=">=3.10",  # the README's torch==2.14.1 needs 3.10+; nothing is run on 3.9 (end of life)
     install_requires=[
         # Loose ranges: the README's install command picks the exact torch builds. torch>=2.6: from 2.6
         # torch.load defaults to weights_only=True, and open_clip_train's pt_load calls it without the

@@ -274,3 +274,40 @@ def test_rule_flags(tmp_path, monkeypatch, source, rule):
 ])
 def test_rule_passes(tmp_path, monkeypatch, source, rule):
     assert rule(_scratch_module(tmp_path, monkeypatch, source)) == []
+
+
+# ------------------------------------------------------------------ the oldest Python setup.py admits
+REPO_DIR = PACKAGE_DIR.parent
+SOURCE_DIRS = ("open_clip_thermal", "tests", "tools", "benchmarks")
+
+
+def _oldest_python() -> Tuple[int, int]:
+    """The lower bound of setup.py's ``python_requires`` (``'>=3.10'`` -> ``(3, 10)``)."""
+    setup = ast.parse(SETUP_PY.read_text(encoding="utf-8"))
+    spec = next(ast.literal_eval(k.value) for n in ast.walk(setup) if isinstance(n, ast.Call)
+                for k in n.keywords if k.arg == "python_requires")
+    match = re.fullmatch(r">=\s*3\.(\d+)", spec)
+    assert match, f"setup.py python_requires={spec!r}: expected '>=3.N'"
+    return 3, int(match.group(1))
+
+
+def test_sources_parse_as_the_oldest_python_setup_py_admits():
+    """No file uses syntax newer than ``python_requires`` allows (``except*`` needs 3.11, ...)."""
+    version = _oldest_python()
+    too_new = []
+    for path in sorted(p for d in SOURCE_DIRS for p in (REPO_DIR / d).rglob("*.py")):
+        try:
+            ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=version)
+        except SyntaxError as error:
+            too_new.append(f"{path.relative_to(REPO_DIR)}:{error.lineno} {error.msg}")
+    assert not too_new, f"syntax newer than Python {version[0]}.{version[1]}: {too_new}"
+
+
+def test_python_requires_admits_no_python_the_readme_install_cannot_serve():
+    """The README pins torch; setup.py must not promise a Python that torch build does not support."""
+    pinned = re.search(r"torch==([\d.]+)", (REPO_DIR / "README.md").read_text(encoding="utf-8")).group(1)
+    if importlib.metadata.version("torch").split("+")[0] != pinned:
+        pytest.skip(f"installed torch {importlib.metadata.version('torch')} is not the README's {pinned}")
+    requires = importlib.metadata.metadata("torch")["Requires-Python"]
+    lowest = tuple(int(x) for x in re.search(r">=\s*(\d+)\.(\d+)", requires).groups())
+    assert _oldest_python() >= lowest, f"torch=={pinned} requires Python {requires}"
