@@ -20,9 +20,9 @@ needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="open_clip_thermal model
 N_SAMPLES = 12
 
 
-def write_shards(folder, with_fg=True, count=N_SAMPLES, repeat_fg=False):
+def write_shards(folder, with_fg=True, count=N_SAMPLES, repeat_fg=False, ungrouped=0):
     """Two shards of 64x64 8-bit thermal PNGs; global captions repeat for samples 10 and 11 (and their
-    fine-grained captions too with ``repeat_fg``)."""
+    fine-grained captions too with ``repeat_fg``); the first ``ungrouped`` samples have no time_of_day."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     with wds.ShardWriter(str(folder / "test-test-%06d.tar"), maxcount=count // 2 + 1, verbose=0) as sink:
@@ -31,7 +31,8 @@ def write_shards(folder, with_fg=True, count=N_SAMPLES, repeat_fg=False):
             Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(buffer, format="PNG")
             caption = "infrared thermal image of a hot car" if i >= 10 else f"infrared thermal image of scene {i}"
             sample = {"__key__": f"s{i:04d}", "png": buffer.getvalue(), "txt": caption,
-                      "json": json.dumps({"id": f"s{i}", "split": "test", "time_of_day": "day" if i % 2 else "night"})}
+                      "json": json.dumps({"id": f"s{i}", "split": "test",
+                                          **({} if i < ungrouped else {"time_of_day": "day" if i % 2 else "night"})})}
             if with_fg:
                 sample["fg.txt"] = caption + f", with a warm engine block number {0 if repeat_fg and i >= 10 else i % 5}"
             sink.write(sample)
@@ -219,3 +220,63 @@ def test_part_of_a_split_is_warned_and_recorded(tmp_path):
         warnings.filterwarnings("error", message=".*leaves out")
         assert main(["--data", *urls, "--out", str(tmp_path / "whole"), *base]) == 0  # another split is no concern
     assert json.loads((tmp_path / "whole" / "results.json").read_text())["config"]["left_out_shards"] == {}
+
+
+ZEROSHOT = ["--base-model", "thermal-vit-tiny", "--base-pretrained", "none", "--recall-k", "1", "--no-plots"]
+
+
+def test_samples_without_the_group_field_are_counted_warned_and_recorded(tmp_path):
+    urls = write_shards(tmp_path / "shards", ungrouped=3)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match=r"3 of 12 samples have no metadata field 'time_of_day': the feature geometry"):
+        assert main(["--data", *urls, "--out", str(out), *ZEROSHOT]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["group_field_missing"] == 3
+    cells = results["geometry"]["zeroshot"]["branches"]["model"]
+    assert {group: cell["count"] for group, cell in cells.items()} == {"day": 5, "night": 4}  # samples 3..11: odd ones are day
+    assert "3 of 12 samples have no `time_of_day` and are left out of this section." in (out / "results.md").read_text()
+
+
+def test_repeated_sample_keys_are_warned(tmp_path):
+    urls = write_shards(tmp_path / "shards")
+    copy = tmp_path / "shards" / "copy-test-000000.tar"  # the first shard converted twice, under two names
+    copy.write_bytes(open(urls[0], "rb").read())
+    with pytest.warns(UserWarning, match=r"7 sample key\(s\) occur more than once in the shards \(e.g. 's0000'\)"):
+        assert main(["--data", *urls, str(copy), "--out", str(tmp_path / "out"), *ZEROSHOT, "--group-field", ""]) == 0
+
+
+def test_nan_embeddings_stop_the_benchmark_naming_the_variant(tmp_path, monkeypatch, capsys):
+    from open_clip_thermal.benchmark import runner
+    build = runner.build_model
+
+    def broken_weights(spec, seed):  # what a diverged run's weights do to every feature
+        model = build(spec, seed)
+        with torch.no_grad():
+            model.visual.proj.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(runner, "build_model", broken_weights)
+    urls = write_shards(tmp_path / "shards", count=4)
+    out = tmp_path / "out"
+    assert main(["--data", *urls, "--out", str(out), *ZEROSHOT]) == 2
+    err = capsys.readouterr().err
+    assert "variant zeroshot (model 'thermal-vit-tiny', weights 'none'): the model produced NaN or infinite image " \
+           "embeddings for 4 of 4 samples (first: 's0000')" in err
+    assert not (out / "results.json").exists() and not list((out / "embedding_cache").glob("*.npy"))
+
+
+def test_a_shard_yielding_fewer_images_than_indexed_is_an_error(tmp_path, monkeypatch, capsys):
+    from open_clip_thermal.evaluation import encode
+    read = encode.iter_image_batches
+
+    def cut_after_indexing(*args, **kwargs):  # the last sample is gone by the time the images are read
+        batches = list(read(*args, **kwargs))
+        keys, images = batches[-1]
+        return batches[:-1] + ([(keys[:-1], images[:-1])] if len(keys) > 1 else [])
+
+    monkeypatch.setattr(encode, "iter_image_batches", cut_after_indexing)
+    urls = write_shards(tmp_path / "shards")
+    assert main(["--data", *urls, "--out", str(tmp_path / "out"), *ZEROSHOT, "--batch-size", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "variant zeroshot (model 'thermal-vit-tiny', weights 'none'): 11 image embeddings for the 12 samples " \
+           "indexed in the shards; did a shard change during the run?" in err

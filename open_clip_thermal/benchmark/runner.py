@@ -32,6 +32,43 @@ def _check_captions(rows, index) -> None:
                                      f"{len(index)} samples in the shards lack '.{CAPTION_FIELDS[caption_type]}'")
 
 
+def _check_counts(encoded: Dict[tuple, torch.Tensor], n_samples: int, who: str) -> None:
+    """Every embedding covers the whole test set: a shard that yields fewer samples when its images are
+    read than when it was indexed (rewritten or cut in between) would otherwise score part of it."""
+    for (branch, what), tensor in sorted(encoded.items(), key=str):
+        if tensor.shape[0] != n_samples:
+            kind = f"{what if what == 'image' else what + ' caption'} embeddings" + (f" of branch {branch}" if branch else "")
+            raise BenchmarkError(f"{who}: {tensor.shape[0]} {kind} for the {n_samples} samples indexed in the "
+                                 "shards; did a shard change during the run? Run the benchmark again")
+
+
+def _warn_repeated_keys(keys: Sequence[str]) -> None:
+    seen, repeated = set(), []
+    for key in keys:
+        if key in seen:
+            repeated.append(key)
+        seen.add(key)
+    if repeated:
+        warnings.warn(f"{len(repeated)} sample key(s) occur more than once in the shards (e.g. {repeated[0]!r}): "
+                      "if they are the same pairs, they weigh more than once in every recall; name each test "
+                      "shard once and check the converter's output")
+
+
+def _group_labels(index, field: str):
+    """Per-sample geometry group labels (None: skip the analysis) and how many samples lack the field."""
+    if not field:
+        return None, None
+    labels = [meta.get(field) for meta in index.metas]
+    missing = sum(label is None for label in labels)
+    if missing == len(labels):
+        warnings.warn(f"no sample has metadata field {field!r}; skipping the geometry analysis")
+        return None, missing
+    if missing:
+        warnings.warn(f"{missing} of {len(labels)} samples have no metadata field {field!r}: the feature geometry "
+                      "leaves them out (the recall tables use every sample); recorded as config.group_field_missing")
+    return labels, missing
+
+
 def _encode_all(specs: Sequence[VariantSpec], args, urls, index, data_id, cache,
                 norms) -> Tuple[Dict[str, List[dict]], Dict[str, List[str]]]:
     """One embedding dict per seed of every variant (models sharing weights reuse embeddings), and
@@ -53,9 +90,10 @@ def _encode_all(specs: Sequence[VariantSpec], args, urls, index, data_id, cache,
                 label = f"{spec.name}#{number}" if len(spec.seeds) > 1 else spec.name
                 weights = "+".join("none" if w is None else str(w) for w in seed)
                 who = f"variant {spec.name}" + (f", seed {number + 1} of {len(spec.seeds)}" if len(spec.seeds) > 1 else "")
+                who = f"{who} (model {spec.model!r}, weights {weights!r})"
                 encoded = encode_test_set(model, spec.model, label, needs | set(have), urls, index, data_id, cache,
-                                          batch_size=args.batch_size, device=args.device, norm=norm,
-                                          who=f"{who} (model {spec.model!r}, weights {weights!r})")
+                                          batch_size=args.batch_size, device=args.device, norm=norm, who=who)
+                _check_counts(encoded, len(index), who)
                 # entries already held stay the same objects (a cache read returns a new copy each time)
                 have.update({need: tensor for need, tensor in encoded.items() if need not in have})
                 del model
@@ -122,6 +160,7 @@ def run(args: argparse.Namespace) -> Dict:
                       "these recalls are for part of that split and not comparable with the full test set's; "
                       "name every shard of the split (a brace range such as STEM-{000000..NNNNNN}.tar)")
     index = read_sample_index(urls)
+    _warn_repeated_keys(index.keys)
     rows = [row for spec in specs for row in rows_for(spec)]
     _check_captions(rows, index)
     ks = cap_ks(args.recall_k, len(index), what="test set")
@@ -130,19 +169,14 @@ def run(args: argparse.Namespace) -> Dict:
     norms = {s.name: [seed_norm(s.kind, seed, override, s.name) for seed in s.seeds] for s in specs}
     _warn_mixed_norms(norms)
     embeddings, activations = _encode_all(specs, args, urls, index, data_id, cache, norms)
-    group_labels = None
-    if args.group_field:
-        group_labels = [meta.get(args.group_field) for meta in index.metas]
-        if all(label is None for label in group_labels):
-            warnings.warn(f"no sample has metadata field {args.group_field!r}; skipping the geometry analysis")
-            group_labels = None
+    group_labels, group_missing = _group_labels(index, args.group_field)
     groups = None if args.caption_match == "pair" else duplicate_caption_groups(index.captions)
     results = evaluate(rows, embeddings, groups, ks, args.lam, args.lambdas, group_labels,
                        alpha=args.alpha, memory_budget_mb=args.memory_budget_mb, device=args.device,
                        gap_tests=args.gap_tests)
     results["config"] = {"shards": urls, "left_out_shards": partial, "n_samples": len(index), "ks": ks, "lam": args.lam, "lambdas": args.lambdas,
                          "caption_match": args.caption_match, "protocol": CAPTION_MATCH_RULES[args.caption_match],
-                         "group_field": args.group_field or None,
+                         "group_field": args.group_field or None, "group_field_missing": group_missing,
                          "base_model": args.base_model, "base_pretrained": args.base_pretrained,
                          "variants": [{"name": s.name, "kind": s.kind, "model": s.model, "seeds": [list(x) for x in s.seeds],
                                        "activation": activations[s.name]} for s in specs],

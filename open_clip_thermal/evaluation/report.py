@@ -95,6 +95,9 @@ def render_markdown(results: Mapping) -> str:
     if results["geometry"]:
         field = results["config"]["group_field"]
         out += ["", f"## Feature geometry (image features, groups = `{field}`)", ""]
+        if results["config"].get("group_field_missing"):
+            out += [f"{results['config']['group_field_missing']} of {results['config']['n_samples']} samples have no "
+                    f"`{field}` and are left out of this section.", ""]
         body = []
         for variant, geo in results["geometry"].items():
             for branch, groups in geo["branches"].items():
