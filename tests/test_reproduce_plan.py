@@ -149,6 +149,16 @@ def test_combined_training_set_joins_the_shard_lists(roots, tmp_path):
     data = combined[0].argv[combined[0].argv.index("--train-data") + 1]
     assert data.split("::")[0].endswith("kaist-train-{000000..000031}.tar")
     assert data.split("::")[1].endswith("flir-train-{000000..000007}.tar")
+    # '+' separates a T-CLIP pair's folders in the benchmark's --variant syntax: never in a run path
+    assert all("+" not in r.name and r.name.startswith("kaist_flir-") for r in combined)
+
+
+@pytest.mark.parametrize("folder", ["repro+v2", "a,b"])
+def test_an_out_folder_the_benchmark_cannot_name_is_refused(folder, roots, tmp_path, capsys):
+    assert cli.main(["--experiment", "1", "--data", f"kaist={roots['kaist']}", "--out", str(tmp_path / folder),
+                     "--dry-run"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: --out {tmp_path / folder}: a path with ',' or '+'") and len(error.splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [

@@ -154,8 +154,13 @@ def config_hash(config: Mapping) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
 
+# The benchmark's --variant syntax splits weight paths at ',' (seeds) and '+' (a T-CLIP pair's two folders),
+# so no run path may contain them: folder names replace them, --out is refused with them.
+SPEC_SEPARATORS = ",+"
+
+
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
 def _train_data(datasets: Mapping[str, DatasetShards], train_set: Sequence[str]) -> Tuple[str, list]:
@@ -191,7 +196,7 @@ def _make_run(definitions: Mapping, row: str, train_set: Tuple[str, ...], seed: 
         argv += ["--lora-towers", spec["towers"]]
     if dependency is not None:
         argv += ["--init-from", str(dependency.weights(out))]
-    name = f"{_slug('+'.join(train_set))}-{row}-s{seed}-{key[:8]}"
+    name = f"{_slug('_'.join(train_set))}-{row}-s{seed}-{key[:8]}"  # kaist+flir -> kaist_flir (SPEC_SEPARATORS)
     return TrainRun(name=name, key=key, row=row, train_set=train_set, seed=seed, method=method, config=config,
                     argv=argv, output=METHOD_OUTPUTS[method], depends_on=dependency.name if dependency else None)
 
@@ -218,6 +223,9 @@ def build_plan(experiments: Sequence[str], data: Mapping[str, str], out: Path, b
         raise PlanError(f"unknown --scale {scale!r}; choose from {', '.join(definitions['scales'])}")
     if not seeds:
         raise PlanError("--seeds needs at least one seed")
+    if set(str(out)) & set(SPEC_SEPARATORS):
+        raise PlanError(f"--out {out}: a path with {' or '.join(repr(c) for c in SPEC_SEPARATORS)} cannot be given to "
+                        "the benchmark (its --variant syntax separates seeds and T-CLIP pairs with them); choose another folder")
     if len(set(seeds)) != len(seeds):
         raise PlanError(f"--seeds {' '.join(map(str, seeds))}: a seed is given twice (it would count as two seeds)")
     needed_sets = sorted({name for e in experiments for train_set in definitions["experiments"][e]["train"]
