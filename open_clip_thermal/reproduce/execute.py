@@ -56,13 +56,14 @@ def execute(plan: Plan, runs: Sequence[TrainRun], launcher: Optional[str] = None
     """
     trained, skipped = [], []
     width = len(str(len(runs)))
+    by_name = plan.by_name()  # for the dependency check; the plan does not change while it runs
     for position, run in enumerate(runs, start=1):
         tag = f"[{position:>{width}}/{len(runs)}] {run.name}"
         if is_finished(run, plan.out):
             skipped.append(run.name)
             say(f"{tag} finished earlier, skipped")
             continue
-        if run.depends_on is not None and not is_finished(plan.by_name()[run.depends_on], plan.out):
+        if run.depends_on is not None and not is_finished(by_name[run.depends_on], plan.out):
             raise TrainingFailed(f"{run.name} is initialised from {run.depends_on}, which has not finished "
                                  "(with --shard, a run travels with the run it starts from)")
         folder = run.folder(plan.out)

@@ -13,15 +13,19 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..console import quiet
-from ..contracts import BRANCHES, FUSION_FEATURE, FUSION_SCORE
+from ..contracts import BRANCHES, FINE_GRAINED, FUSION_FEATURE, FUSION_SCORE, GLOBAL, MIXED
 from ..files import atomic_write_json, atomic_write_text
 from .execute import read_marker
 from .plan import BRANCH_KINDS, Plan, TrainRun, training_rows
 
 DIRECTIONS = {"image_to_text": "I→T", "text_to_image": "T→I"}
-# The benchmark names a caption type in row labels as CAPTION_LABELS does ("lora-mixed (fine-grained)").
-CAPTION_NAMES = {branch.replace("_", "-"): f"{branch.replace('_', '-')} captions" for branch in BRANCHES}
+# Caption type (a benchmark row's "captions" entry) -> how a table names it ("fine-grained captions").
+CAPTION_NAMES = {branch: f"{branch.replace('_', '-')} captions" for branch in BRANCHES}
 GAIN_REFERENCE_ROW = "lora-global"  # the paper's gain row: T-CLIP (Dual) minus Global LoRA
+DUAL_KIND = "tclip-dual"  # the fused row of a T-CLIP pair: the gain rows', the lambda sweep's and Table 7's
+# Table 7 reads one benchmark row per method: a single model scored with the captions its run was trained
+# on (a baseline scored with both caption types, and Mixed 50:50, by its global-caption row); T-CLIP by DUAL_KIND.
+RECALL_CAPTIONS = {GLOBAL: GLOBAL, FINE_GRAINED: FINE_GRAINED, MIXED: GLOBAL}  # training branch -> captions
 
 
 class AssemblyError(RuntimeError):
@@ -34,6 +38,27 @@ def _set_name(train_set: Sequence[str]) -> str:
 
 def _tag(row: str, train_set: Sequence[str], several_sets: bool) -> str:
     return f"{row}.{_set_name(train_set)}" if several_sets else row
+
+
+def _trained_on(label: str, train_set: Optional[Sequence[str]], several_sets: bool) -> str:
+    """A row's label, with its training set when the table has several ("... (trained on KAIST + FLIR)")."""
+    if several_sets and train_set:
+        return f"{label} (trained on {' + '.join(s.upper() for s in train_set)})"
+    return label
+
+
+def _missing_row(experiment_id: str, label: str, row: str, train_set: Optional[Sequence[str]]) -> AssemblyError:
+    trained = f", trained on {_set_name(train_set)}" if train_set else ""
+    return AssemblyError(f"experiment {experiment_id}: results/{experiment_id}/results.json has no benchmark row "
+                         f"{label!r} (needed by table row {row!r}{trained}); the benchmark output does not match "
+                         "the variants this table asked for")
+
+
+def benchmark_rows(variant_spec: str) -> List:
+    """The benchmark's rows for one ``--variant`` spec, labelled as the benchmark labels them (one per caption
+    type a single model is scored with; the three T-CLIP kinds of a pair). Imports torch (evaluation.variants)."""
+    from ..evaluation.variants import parse_variant, rows_for
+    return [row for spec in parse_variant(variant_spec) for row in rows_for(spec)]
 
 
 def _weights(run: TrainRun, plan: Plan) -> str:
@@ -121,42 +146,44 @@ def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> Lis
 
 def table_rows(plan: Plan, experiment_id: str, results: Mapping) -> List[Dict]:
     """The table's rows, in its order and with its names: ``label``, ``row``, ``train_set``, ``benchmark_label``,
-    ``recall`` (direction -> K -> mean/std over seeds, fractions) and ``mean_recall``."""
+    ``captions``, ``recall`` (direction -> K -> mean/std over seeds, fractions) and ``mean_recall``.
+
+    Every benchmark row a table row needs is looked up by its label; one that results.json lacks raises
+    :class:`AssemblyError` naming it (never a shorter table or a row relabelled from another).
+    """
     experiment = plan.definitions["experiments"][experiment_id]
     several = len(experiment["train"]) > 1
-    by_variant: Dict[str, List[Mapping]] = {}
-    for row in results["rows"]:
-        by_variant.setdefault(row["variant"], []).append(row)
-    variants = {(row, train_set): name for row, _, name, train_set in variant_specs(plan, experiment_id)}
+    by_label = {row["label"]: row for row in results["rows"]}
+    variants = {(row, train_set): (spec, name) for row, spec, name, train_set in variant_specs(plan, experiment_id)}
     table: List[Dict] = []
 
-    def add(label: str, row: str, train_set: Optional[Tuple[str, ...]], result: Mapping) -> None:
-        if several and train_set is not None:
-            label = f"{label} (trained on {' + '.join(s.upper() for s in train_set)})"
-        table.append({"label": label, "row": row, "train_set": list(train_set) if train_set else None,
-                      "benchmark_label": result["label"], "recall": result["recall"],
+    def add(label: str, row: str, train_set: Optional[Tuple[str, ...]], benchmark_label: str) -> None:
+        if benchmark_label not in by_label:
+            raise _missing_row(experiment_id, benchmark_label, row, train_set)
+        result = by_label[benchmark_label]
+        table.append({"label": _trained_on(label, train_set, several), "row": row,
+                      "train_set": list(train_set) if train_set else None, "benchmark_label": benchmark_label,
+                      "captions": list(result["captions"]), "recall": result["recall"],
                       "mean_recall": result["mean_recall"], "n_seeds": result["n_seeds"]})
 
     for row in experiment["rows"]:
         spec = plan.definitions["rows"][row]
         if "train" not in spec and "pair" not in spec:  # zero-shot: one set of rows, no training set
-            for result in by_variant.get("zeroshot", []):
-                add(spec["labels"][result["label"]], row, None, result)
+            for benchmark_label, label in spec["labels"].items():
+                add(label, row, None, benchmark_label)
             continue
         for train_set in experiment["train"]:
             train_set = tuple(train_set)
-            name = variants[(row, train_set)]
+            variant_spec, name = variants[(row, train_set)]
             if "pair" in spec:
                 tag = name.split("/", 1)[1]
                 for kind, label in spec["labels"].items():
-                    for result in by_variant[f"{kind}/{tag}"]:
-                        add(label, row, train_set, result)
+                    add(label, row, train_set, f"{kind}/{tag}")
             else:
-                results_of_row = by_variant[name]
-                for result in results_of_row:
-                    caption = result["label"][len(name):].strip(" ()")
-                    label = spec["label"] + (f" ({CAPTION_NAMES.get(caption, caption)})" if len(results_of_row) > 1 else "")
-                    add(label, row, train_set, result)
+                expected = benchmark_rows(variant_spec)
+                for bench in expected:  # one row per caption type the model is scored with
+                    caption = f" ({CAPTION_NAMES[bench.captions[0]]})" if len(expected) > 1 else ""
+                    add(spec["label"] + caption, row, train_set, bench.label)
     return table
 
 
@@ -164,7 +191,7 @@ def gain_rows(table: Sequence[Mapping]) -> List[Dict]:
     """Per T-CLIP (Dual) row: its recall minus the Global LoRA row of the same training set, in points."""
     gains = []
     for row in table:
-        if not row["benchmark_label"].startswith("tclip-dual"):
+        if not row["benchmark_label"].startswith(DUAL_KIND):
             continue
         reference = next((r for r in table if r["row"] == GAIN_REFERENCE_ROW and r["train_set"] == row["train_set"]), None)
         if reference is None:
@@ -191,7 +218,10 @@ def trainable_parameters(path: Path) -> int:
     """Number of values in the saved trainable weights (every safetensors file of an adapter folder, or the
     model file), without the learned temperature, so that a LoRA branch counts as the paper counts it."""
     from safetensors import safe_open
-    files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]
+    path = Path(path)
+    files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path] if path.is_file() else []
+    if not files:  # a count of 0 would pass for a number in Table 7
+        raise AssemblyError(f"{path}: no safetensors weights to count the trainable parameters of")
     total = 0
     for file in files:
         with safe_open(str(file), framework="numpy") as tensors:
@@ -205,49 +235,102 @@ def trainable_parameters(path: Path) -> int:
     return total
 
 
+def cost_recall_source(plan: Plan, experiment_id: str, row: str, train_set: Sequence[str]) -> str:
+    """The label of the benchmark row whose mean recall Table 7 shows for ``row`` trained on ``train_set``:
+    a pair's Dual row, else the row scored with the captions the run was trained on (RECALL_CAPTIONS)."""
+    train_set = tuple(train_set)
+    spec = plan.definitions["rows"][row]
+    variant_spec, name = next((spec_text, variant) for r, spec_text, variant, ts in variant_specs(plan, experiment_id)
+                              if r == row and ts == train_set)
+    if "pair" in spec:
+        return f"{DUAL_KIND}/{name.split('/', 1)[1]}"
+    captions = (RECALL_CAPTIONS[plan.run_for(row, train_set, plan.seeds[0]).config["branch"]],)
+    labels = [bench.label for bench in benchmark_rows(variant_spec) if tuple(bench.captions) == captions]
+    if len(labels) != 1:
+        raise AssemblyError(f"experiment {experiment_id}: variant {name} has {len(labels)} benchmark rows scored with "
+                            f"{CAPTION_NAMES[captions[0]]}, expected one")
+    return labels[0]
+
+
+def recall_captions_text(captions: Sequence[str]) -> str:
+    """Which captions a benchmark row was scored with, as Table 7 prints it."""
+    if len(captions) == 1:
+        return CAPTION_NAMES[captions[0]]
+    return "Dual: " + " + ".join(CAPTION_NAMES[c] for c in captions)
+
+
 def cost_rows(plan: Plan, experiment_id: str, table: Sequence[Mapping]) -> List[Dict]:
-    """Table 7: per trained row, the trainable parameters, the training wall time and the encoder passes."""
+    """Table 7: per trained row and training set, the trainable parameters, the training wall time, the encoder
+    passes and the mean recall of one benchmark row (:func:`cost_recall_source`), looked up by
+    (row, training set, benchmark label); a missing one raises :class:`AssemblyError` naming it."""
     experiment = plan.definitions["experiments"][experiment_id]
+    several = len(experiment["train"]) > 1
+    recall_of = {(entry["row"], tuple(entry["train_set"] or ()), entry["benchmark_label"]): entry for entry in table}
     rows = []
     for row in experiment["rows"]:
         spec = plan.definitions["rows"][row]
         if "train" not in spec and "pair" not in spec:
             continue
         parts = spec["pair"] if "pair" in spec else [row]
+        label = spec["label"] if "label" in spec else spec["labels"][DUAL_KIND]
         for train_set in experiment["train"]:
             train_set = tuple(train_set)
             per_seed = [[plan.run_for(p, train_set, seed) for p in parts] for seed in plan.seeds]
             seconds = [sum(read_marker(r, plan.out)["seconds"] for r in runs) for runs in per_seed]
             mean = sum(seconds) / len(seconds)
             std = (sum((s - mean) ** 2 for s in seconds) / (len(seconds) - 1)) ** 0.5 if len(seconds) > 1 else None
-            label = spec.get("label") or spec["labels"].get("tclip-dual", row)
-            rows.append({"label": label, "row": row, "runs_per_seed": len(parts),
-                         "trainable_parameters": sum(trainable_parameters(r.weights(plan.out)) for r in per_seed[0]),
-                         "training_seconds": {"mean": mean, "std": std},
-                         "encoder_passes": len(parts),
-                         "mean_recall": next((r["mean_recall"] for r in table if r["row"] == row and
-                                              r["benchmark_label"].split("/")[0] in ("tclip-dual", *BRANCH_KINDS.values(),
-                                                                                      "clip-adapter", "declip", "full")),
-                                             None)})
+            counts = [sum(trainable_parameters(r.weights(plan.out)) for r in runs) for runs in per_seed]
+            if len(set(counts)) > 1:
+                raise AssemblyError(f"experiment {experiment_id}: row {row!r} has different trainable parameter counts "
+                                    f"per seed ({', '.join(f'seed {s}: {c:,}' for s, c in zip(plan.seeds, counts))})")
+            source = cost_recall_source(plan, experiment_id, row, train_set)
+            if (row, train_set, source) not in recall_of:
+                raise _missing_row(experiment_id, source, row, train_set)
+            recall = recall_of[(row, train_set, source)]
+            rows.append({"label": _trained_on(label, train_set, several), "row": row, "train_set": list(train_set),
+                         "runs_per_seed": len(parts), "trainable_parameters": counts[0],
+                         "training_seconds": {"mean": mean, "std": std}, "encoder_passes": len(parts),
+                         "mean_recall": recall["mean_recall"], "recall_from": source,
+                         "recall_captions": list(recall["captions"])})
     return rows
 
 
+COST_HEADER = ["Method", "trainable parameters", "training runs", "training wall time per seed (s)",
+               "encoder passes per image / caption", "mean recall %", "recall scored with"]
+
+
 def cost_markdown(title: str, rows: Sequence[Mapping], note: str) -> str:
+    """Table 7 in Markdown: one line per :func:`cost_rows` row, the captions of its recall in the last column."""
     body = [[r["label"], f"{r['trainable_parameters']:,}", str(r["runs_per_seed"]),
              f"{r['training_seconds']['mean']:.1f}" + (f" ± {r['training_seconds']['std']:.1f}"
                                                       if r["training_seconds"]["std"] is not None else ""),
-             str(r["encoder_passes"]), "" if r["mean_recall"] is None else f"{100 * r['mean_recall']:.2f}"]
+             str(r["encoder_passes"]), f"{100 * r['mean_recall']:.2f}", recall_captions_text(r["recall_captions"])]
             for r in rows]
-    header = ["Method", "trainable parameters", "training runs", "training wall time per seed (s)",
-              "encoder passes per image / caption", "mean recall %"]
-    return "\n".join([f"# {title}", "", note, "", *_markdown_table(header, body), ""])
+    return "\n".join([f"# {title}", "", note, "", *_markdown_table(COST_HEADER, body), ""])
+
+
+def cost_note(results: Mapping, test_set: str, seeds: str) -> str:
+    """Table 7's note: what each column counts, and which benchmark row each method's mean recall is from."""
+    config = results["config"]
+    return ("Trainable parameters: values in the saved trainable weights of a row's run(s) (the same for every "
+            "seed), without the learned temperature (one more value per trained model). Wall time: the training "
+            f"command of each run, summed over the runs a row needs, mean ± std over seeds {seeds} (machine-dependent). "
+            f"Mean recall: I→T and T→I Recall@K averaged over all K, mean over the seeds, {config['n_samples']} test "
+            f"pairs ({test_set.upper()}, hit rule: {config['protocol']}), from one benchmark row per method, its "
+            "captions in the last column: a baseline scored with both caption types (CLIP-Adapter, DeCLIP) by its "
+            "global-caption row, a LoRA branch with the captions it was trained on, T-CLIP by its Dual row (global "
+            "captions through the global branch, fine-grained through the F-G branch, feature fusion, "
+            f"λ = {config['lam']:g}).")
 
 
 def gap_markdown(title: str, results: Mapping, table: Sequence[Mapping], note: str) -> str:
     gap = results["thermal_gap"]
     names = {r["benchmark_label"]: r["label"] for r in table}
-    body = [[names.get(label, label), f"{cell['mean']:.4f}", "" if cell["std"] is None else f"{cell['std']:.4f}"]
-            for label, cell in gap["per_row"].items() if label in names]
+    missing = [r["benchmark_label"] for r in table if r["benchmark_label"] not in gap["per_row"]]
+    if missing:  # the row would silently drop out of the figure's table
+        raise AssemblyError(f"results.json: thermal_gap.per_row has no entry for benchmark row(s) {missing}")
+    body = [[r["label"], f"{cell['mean']:.4f}", "" if cell["std"] is None else f"{cell['std']:.4f}"]
+            for r in table for cell in [gap["per_row"][r["benchmark_label"]]]]
     tests = [[names.get(t["model_a"], t["model_a"]), names.get(t["model_b"], t["model_b"]), f"{t['t']:.3f}",
               f"{t['p']:.3g}", f"{t['p_bh']:.3g}", "yes" if t["significant"] else "no"] for t in gap["tests"]]
     lines = [f"# {title}", "", note, "", *_markdown_table(["Method", "matched-pair cosine (mean)", "std over pairs"], body),
@@ -260,6 +343,10 @@ def gap_markdown(title: str, results: Mapping, table: Sequence[Mapping], note: s
 
 def lambda_markdown(title: str, results: Mapping, table: Sequence[Mapping], note: str) -> str:
     names = {r["benchmark_label"]: r["label"] for r in table}
+    missing = [r["benchmark_label"] for r in table if r["benchmark_label"].startswith(DUAL_KIND)
+               and r["benchmark_label"] not in results["lambda_sweep"]]
+    if missing:  # the figure would silently lack the row's sweep
+        raise AssemblyError(f"results.json: lambda_sweep has no entry for benchmark row(s) {missing}")
     lines = [f"# {title}", "", note, ""]
     for label, sweep in results["lambda_sweep"].items():
         lines += [f"## {names.get(label, label)}", "",
@@ -353,11 +440,7 @@ def assemble(plan: Plan, experiment_id: str, plots: bool = True) -> Dict[str, Pa
         markdown = recall_markdown(experiment["title"], table, record["gains"], note)
     elif output == "cost":
         record["cost"] = cost_rows(plan, experiment_id, table)
-        markdown = cost_markdown(experiment["title"], record["cost"],
-                                 f"Trainable parameters: values in the saved trainable weights of one seed's run(s), without the "
-                                 f"learned temperature (one more value per trained model). "
-                                 f"Wall time: the training command of each run, summed over the runs a row needs, mean ± std "
-                                 f"over seeds {seeds} (machine-dependent). Mean recall: both directions and all K.")
+        markdown = cost_markdown(experiment["title"], record["cost"], cost_note(results, experiment["test"], seeds))
     elif output == "gap":
         record["thermal_gap"] = results["thermal_gap"]
         markdown = gap_markdown(experiment["title"], results, table, note)
