@@ -69,6 +69,8 @@ def test_variant_parsing():
     ("lora-global=:x", "no model name"),
     ("clip-adapter=clip-adapter-b16:ckpt.pt", "unknown model 'clip-adapter-b16'"),
     ("full=thermal-vit-tiny:missing/epoch_3.pt", "weights 'missing/epoch_3.pt' do not exist"),
+    ("lora-global=thermal-vit-tiny:none,none", "variant lora-global: the seeds repeat none; each seed must be its own run"),
+    ("tclip=tclip-tiny-dual:g+f,g2+f,g+f", "variant tclip-global: the seeds repeat g+f;"),
 ])
 def test_bad_variant_specs(spec, message, tmp_path, capsys):
     urls = write_shards(tmp_path / "shards", count=4)

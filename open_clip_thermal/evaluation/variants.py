@@ -142,10 +142,10 @@ def _short(message: str, limit: int = 400) -> str:
 
 
 def check_spec(spec: VariantSpec) -> None:
-    """Cheap checks before any encoding: the model name is known and local weight paths exist.
+    """Cheap checks before any encoding: the model name is known, no seed repeats and local weight paths exist.
 
     Raises:
-        BenchmarkError: naming the variant and the unknown model or missing path.
+        BenchmarkError: naming the variant and the unknown model, repeated seed or missing path.
     """
     import open_clip
     known = set(open_clip.list_models())
@@ -156,6 +156,10 @@ def check_spec(spec: VariantSpec) -> None:
         raise BenchmarkError(f"variant {spec.name}: unknown model {spec.model!r} "
                              "(not an OpenCLIP, T-CLIP or baseline model name; see open_clip.list_models() "
                              "and open_clip_thermal.baselines.list_baseline_models())")
+    repeated = sorted({"+".join("none" if w is None else w for w in seed) for seed in spec.seeds if spec.seeds.count(seed) > 1})
+    if repeated:  # 'none' too: random inits are seeded, so they are one model
+        raise BenchmarkError(f"variant {spec.name}: the seeds repeat {', '.join(repeated)}; each seed must be its own "
+                             "run, else one run counts several times in the mean and the ± std shrinks")
     for seed in spec.seeds:
         for weights in seed:
             looks_like_path = weights is not None and ("/" in weights or "\\" in weights or "." in weights)
