@@ -151,6 +151,18 @@ def export_records_quick_gelu(path) -> bool:
     return metadata.get("format") == EXPORT_FORMAT and metadata.get("quick_gelu") == "true"
 
 
+def random_weights_message(base_model: str) -> str:
+    """The warning for a base built without weights: what happened, what it means, what to pass instead."""
+    tags = open_clip.list_pretrained_tags_by_model(base_model)
+    shown = ", ".join(repr(t) for t in tags[:3]) + (", ..." if len(tags) > 3 else "")
+    instead = (f"one of its OpenCLIP tags ({shown}) or a base checkpoint file" if tags
+               else "a base checkpoint file (it has no OpenCLIP pretrained tag)")
+    return (f"base model {base_model!r} built with random weights, because no weights were given (pretrained=None; "
+            "on the command line: no --pretrained, weights 'none' or --base-pretrained none): its features, and "
+            f"every score computed from them, are those of an untrained network. For real use give {instead}; "
+            "a T-CLIP model also takes an adapter folder")
+
+
 def build_base(base_model: str, pretrained: Optional[str], kwargs: dict, recorded: Optional[str] = None) -> nn.Module:
     """Build the plain OpenCLIP base ``base_model`` with ``pretrained`` weights and the activation they need.
 
@@ -166,9 +178,7 @@ def build_base(base_model: str, pretrained: Optional[str], kwargs: dict, recorde
     create = original_create_model()
     kwargs = resolve_activation(base_model, pretrained, kwargs, recorded)
     if pretrained is None:
-        warnings.warn(f"T-CLIP base {base_model!r} built with random weights (pretrained=None); "
-                      "pass pretrained='openai', a base checkpoint or an adapter folder for real use",
-                      UserWarning, stacklevel=3)
+        warnings.warn(random_weights_message(base_model), UserWarning, stacklevel=3)
         return create(base_model, pretrained=None, **kwargs)
     if oc_factory.get_pretrained_cfg(base_model, pretrained):
         return create(base_model, pretrained=pretrained, **kwargs)

@@ -172,3 +172,16 @@ def test_install_registers_the_configs_once(monkeypatch):
     assert not seam.configs_registered()
     oct.install()
     assert added == [seam.MODEL_CONFIG_DIR]
+
+
+def test_random_weights_warning_says_what_happened_and_what_to_pass():
+    with pytest.warns(UserWarning) as caught:
+        oct.create_model("tclip-tiny-global")
+    message = next(str(w.message) for w in caught if "random weights" in str(w.message))
+    assert message.startswith("base model 'thermal-vit-tiny' built with random weights, because no weights were given")
+    assert "--base-pretrained none" in message and "untrained network" in message
+    assert "a base checkpoint file (it has no OpenCLIP pretrained tag)" in message and "'openai'" not in message
+    # the tags offered are the base's own (no 'openai' for SigLIP), read from OpenCLIP's local table
+    assert "tags ('openai', " in base_model.random_weights_message("ViT-B-16")
+    siglip = base_model.random_weights_message("ViT-B-16-SigLIP")
+    assert "tags ('webli')" in siglip and "openai" not in siglip
