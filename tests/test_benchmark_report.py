@@ -88,3 +88,18 @@ def test_read_results_names_the_bad_file(tmp_path):
     path.write_text(json.dumps([1, 2]))
     with pytest.raises(BenchmarkError, match="it lacks config, rows"):
         read_results(path)
+
+
+def test_plots_of_a_previous_run_do_not_outlive_it(tmp_path):
+    results = benchmark_results(seed=0)
+    write_report(results, tmp_path, plots=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lambda_sweep_tclip-dual.png", "results.json", "results.md",
+                                                          "thermal_gap.png"]
+    (tmp_path / "lambda_sweep_tclip-dual_old_row.png").write_bytes(b"a row of an older run")
+    (tmp_path / "notes.png").write_bytes(b"not ours")
+    write_report(benchmark_results(seed=1), tmp_path, plots=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lambda_sweep_tclip-dual.png", "notes.png", "results.json",
+                                                          "results.md", "thermal_gap.png"]
+    write_report(benchmark_results(seed=2), tmp_path, plots=False)  # no plots now: none from before either
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.png", "results.json", "results.md"]
+    assert "plots" not in read_results(tmp_path)

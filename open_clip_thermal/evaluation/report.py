@@ -17,6 +17,8 @@ from .evaluate import DIRECTIONS
 
 RESULTS_NAME = "results.json"  # what reproduce, quickstart and the Hub card read back
 MARKDOWN_NAME = "results.md"
+GAP_PLOT_NAME = "thermal_gap.png"
+SWEEP_PLOT_PREFIX = "lambda_sweep_"  # + the row label, one PNG per tclip-dual row
 RESULT_KEYS = ("config", "rows")  # present in every results.json the benchmark writes
 
 _ARROWS = {"image_to_text": "I→T", "text_to_image": "T→I"}
@@ -162,7 +164,7 @@ def plot_thermal_gap(gap: Mapping, path: Path) -> Path:
 
 
 def _plot_name(label: str) -> str:
-    return "lambda_sweep_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in label) + ".png"
+    return SWEEP_PLOT_PREFIX + "".join(c if c.isalnum() or c in "-_" else "_" for c in label) + ".png"
 
 
 def write_report(results: Dict, out_dir: Path, plots: bool = True) -> Dict[str, Path]:
@@ -181,14 +183,20 @@ def write_report(results: Dict, out_dir: Path, plots: bool = True) -> Dict[str, 
                              lambda tmp, sweep=sweep, label=label: _draw_lambda_sweep(sweep, label, tmp))
             results["plots"][f"lambda_sweep:{label}"] = writes[label][0].name
         if results["thermal_gap"]["per_row"]:
-            writes["thermal_gap"] = (out_dir / "thermal_gap.png", lambda tmp: _draw_thermal_gap(results["thermal_gap"], tmp))
+            writes["thermal_gap"] = (out_dir / GAP_PLOT_NAME, lambda tmp: _draw_thermal_gap(results["thermal_gap"], tmp))
             results["plots"]["thermal_gap"] = writes["thermal_gap"][0].name
     text = json.dumps(results, indent=2) + "\n"
     # the Markdown is rendered from the JSON as written (string K keys), as a reader of the file sees it
     markdown = render_markdown(json.loads(text))
     writes["md"] = (out_dir / MARKDOWN_NAME, lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8"))
     writes["json"] = (out_dir / RESULTS_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return dict(zip(writes, atomic_write_all(list(writes.values()))))
+    written = dict(zip(writes, atomic_write_all(list(writes.values()))))
+    # a previous run's plots that this run did not redraw (--no-plots, a row gone) would sit beside
+    # the new tables showing old numbers
+    for stale in [*out_dir.glob(f"{SWEEP_PLOT_PREFIX}*.png"), out_dir / GAP_PLOT_NAME]:
+        if stale not in written.values() and stale.is_file():
+            stale.unlink()
+    return written
 
 
 def read_results(path: Union[str, os.PathLike]) -> Dict:
