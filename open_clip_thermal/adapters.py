@@ -11,6 +11,7 @@ frozen backbone, never with pickle. :func:`export_merged` writes one branch fold
 weights as a plain OpenCLIP checkpoint that stock ``open_clip.create_model`` loads.
 """
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional, Union
@@ -32,6 +33,8 @@ PathLike = Union[str, os.PathLike]
 # model attribute holding the training run's thermal normalisation (data.decode.ThermalNorm.to_dict());
 # the trainer sets it, adapter_config records it, the benchmark decodes the test set with it
 THERMAL_NORM_ATTR = "tclip_thermal_norm"
+# the same record in the safetensors header of plain exports (full, declip, merged LoRA), as JSON text
+THERMAL_NORM_KEY = "thermal_norm"
 
 
 def base_fingerprint(model: nn.Module) -> str:
@@ -98,7 +101,7 @@ def adapter_config(model: DualLoRAFusion, branches: Iterable[str]) -> dict:
         "branches": list(branches),
         "lam": model.lam,
         "fusion": model.fusion,
-        "thermal_norm": getattr(model, THERMAL_NORM_ATTR, None),  # None: not recorded (not trained here)
+        THERMAL_NORM_KEY: getattr(model, THERMAL_NORM_ATTR, None),  # None: not recorded (not trained here)
         "open_clip_version": open_clip.__version__,
         "open_clip_thermal_version": __version__,
     }
@@ -185,7 +188,78 @@ def load_adapters(model: DualLoRAFusion, folder: PathLike, branches: Optional[Ma
         if target not in model.branches:
             raise AdapterError(f"model has no branch {target!r} (branches: {list(model.branches)})")
         _load_branch(model, folder_path / saved / WEIGHTS_NAME, target)
+    keep_thermal_norm(model, config)
     return model
+
+
+def keep_thermal_norm(model: nn.Module, config: Mapping) -> None:
+    """Carry a loaded folder's thermal normalisation record over to ``model`` (unless it has one), so
+    saving or pushing the loaded model again keeps it."""
+    record = config.get(THERMAL_NORM_KEY)
+    if record is not None and getattr(model, THERMAL_NORM_ATTR, None) is None:
+        setattr(model, THERMAL_NORM_ATTR, record)
+
+
+def thermal_norm_metadata(model: nn.Module) -> Dict[str, str]:
+    """The safetensors header entry recording ``model``'s thermal normalisation ({} when it has none)."""
+    record = getattr(model, THERMAL_NORM_ATTR, None)
+    return {} if record is None else {THERMAL_NORM_KEY: json.dumps(record, sort_keys=True)}
+
+
+def recorded_thermal_norm(weights: Optional[PathLike]) -> Optional[dict]:
+    """The thermal normalisation recorded with ``weights`` (``ThermalNorm.to_dict()`` form), or None.
+
+    The one rule for every reader (benchmark, classify, search):
+
+    * ``'hf-hub:ORG/NAME[@REVISION]'``: the repo's snapshot folder, by :func:`hub.resolve_pretrained`
+      (the same download and cache as loading the model), then as a folder;
+    * an adapter or CLIP-Adapter folder, its ``adapter_config.json`` or a weights file inside it: the
+      config's ``thermal_norm``;
+    * another ``.safetensors`` file (a ``full``/``declip`` or merged export): its header's ``thermal_norm``;
+    * anything else (an OpenCLIP tag, a ``://`` URL, a ``.pt`` checkpoint, a missing path): None.
+
+    Raises:
+        AdapterError: naming the file, when the config or header cannot be read or is not valid JSON
+            (never silently the default normalisation); or the Hub repo holds no adapter config.
+    """
+    if weights is None or "://" in str(weights):
+        return None
+    from .hub import resolve_pretrained  # hub imports this module, so lazily; other values pass unchanged
+    weights = resolve_pretrained(weights)
+    path = Path(weights)
+    if path.is_dir():
+        config = path / CONFIG_NAME
+        return _config_record(config) if config.is_file() else None
+    if not path.is_file():
+        return None
+    if path.name == CONFIG_NAME:
+        return _config_record(path)
+    if path.name == WEIGHTS_NAME:  # a CLIP-Adapter's weights, or a LoRA branch's one folder down
+        for folder in (path.parent, path.parent.parent):
+            if (folder / CONFIG_NAME).is_file():
+                return _config_record(folder / CONFIG_NAME)
+        return None
+    return _header_record(path) if path.suffix == ".safetensors" else None
+
+
+def _config_record(path: Path) -> Optional[dict]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: invalid JSON or UTF-8
+        raise AdapterError(f"cannot read the thermal normalisation record of {path}: {error}") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{path} is not a JSON object (a corrupt adapter config?)")
+    return config.get(THERMAL_NORM_KEY)
+
+
+def _header_record(path: Path) -> Optional[dict]:
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            text = (handle.metadata() or {}).get(THERMAL_NORM_KEY)
+        return None if text is None else json.loads(text)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterError(f"cannot read the thermal normalisation record in the header of {path}: {error}") from None
 
 
 def _load_branch(model: DualLoRAFusion, path: Path, branch: str) -> None:
@@ -219,7 +293,7 @@ def export_merged(model: DualLoRAFusion, branch: Optional[str], path: PathLike) 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.merged_state_dict(branch).items()}
     check_finite(state, f"merged export {path}")
     if path.suffix == ".safetensors":
-        metadata = dict(export_metadata(model), method=f"tclip-lora:{branch}")
+        metadata = dict(export_metadata(model), method=f"tclip-lora:{branch}", **thermal_norm_metadata(model))
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     else:
         atomic_write(path, lambda tmp: torch.save(state, tmp))

@@ -15,7 +15,8 @@ from typing import Optional, Union
 
 from safetensors.torch import save_file
 
-from ..adapters import base_fingerprint, check_saved_base
+from ..adapters import (THERMAL_NORM_ATTR, THERMAL_NORM_KEY, base_fingerprint, check_saved_base,
+                        keep_thermal_norm)
 from ..files import (CONFIG_NAME, WEIGHTS_NAME, AdapterError, atomic_write, atomic_write_json, read_config_file,
                      read_weights_file)
 from ..base_model import Provenance, activation_of, build_base, provenance_of
@@ -61,6 +62,8 @@ def save_clip_adapter(model: ClipAdapterModel, folder: PathLike) -> Path:
         "alpha": model.alpha,
         "reduction": model.reduction,
         "embed_dim": model.adapter.up.out_features,
+        # the training run's thermal decoding, read back by adapters.recorded_thermal_norm (None: not recorded)
+        THERMAL_NORM_KEY: getattr(model, THERMAL_NORM_ATTR, None),
         "open_clip_version": open_clip.__version__,
         "open_clip_thermal_version": __version__,
     }
@@ -94,6 +97,7 @@ def load_clip_adapter(model: ClipAdapterModel, folder: PathLike, strict_base: bo
             raise AdapterError(f"CLIP-Adapter weights {path}: {prefix}{key} has shape {tuple(value.shape)}, "
                                f"the model expects {tuple(expected[key].shape)} (another base model?)")
     model.adapter.load_state_dict(state)
+    keep_thermal_norm(model, config)
     return model
 
 

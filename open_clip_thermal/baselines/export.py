@@ -1,7 +1,9 @@
 """Plain OpenCLIP weights of the fully fine-tuned baselines (``full``, ``declip``).
 
-The safetensors header records whether the model ran with QuickGELU: OpenAI-initialised ViT-B-16
-trains with QuickGELU although its JSON config says GELU, and stock OpenCLIP cannot tell from the
+The safetensors header records the thermal normalisation the model was trained with
+(``adapters.thermal_norm_metadata``; ``adapters.recorded_thermal_norm`` reads it back, so the benchmark,
+classify and search decode test images as training did) and whether the model ran with QuickGELU:
+OpenAI-initialised ViT-B-16 trains with QuickGELU although its JSON config says GELU, and stock OpenCLIP cannot tell from the
 weights. ``open_clip_thermal.create_model`` reads the flag (``base_model.export_records_quick_gelu``); stock
 OpenCLIP needs ``force_quick_gelu=True`` or the ``-quickgelu`` model name.
 """
@@ -13,6 +15,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from ..adapters import thermal_norm_metadata
 from ..files import atomic_write
 from ..base_model import EXPORT_FORMAT, export_metadata, export_records_quick_gelu, uses_quick_gelu  # noqa: F401
 
@@ -32,7 +35,8 @@ def save_openclip_weights(model: nn.Module, path: Union[str, os.PathLike]) -> Pa
     """Write :func:`openclip_state_dict` of ``model`` to ``path`` as safetensors, atomically."""
     path = Path(path)
     state = openclip_state_dict(model)
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=export_metadata(model)))
+    metadata = dict(export_metadata(model), **thermal_norm_metadata(model))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return path
 
 

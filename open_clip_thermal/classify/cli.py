@@ -207,7 +207,7 @@ def run_eval(args) -> Dict:
 
     import torch
 
-    from ..evaluation.encode import model_preprocess, model_tokenizer, norm_record, seed_norm
+    from ..evaluation.encode import model_preprocess, model_tokenizer, norm_record, seed_norm, unrecorded_norm_message
     from ..evaluation.errors import BenchmarkError
     from ..evaluation.variants import build_model, check_spec
     from .tree import ThermalImageFolder
@@ -219,6 +219,9 @@ def run_eval(args) -> Dict:
         try:
             check_spec(spec)
             norm, source = seed_norm(spec.kind, seed, override, label)
+            unrecorded = unrecorded_norm_message(spec.kind, seed, source, f"--model {label}")
+            if unrecorded:  # the log goes to a file: say it on the console too
+                print(f"warning: {unrecorded}", file=sys.stderr)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore" if not args.verbose else "default")
                 model = build_model(spec, seed)

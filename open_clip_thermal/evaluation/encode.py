@@ -1,16 +1,16 @@
 """Encode the test set once per (model weights, branch, caption type), through the disk cache."""
-import json
 import logging
 import math
-from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
 from tqdm import tqdm
 
+from ..adapters import recorded_thermal_norm
 from ..contracts import CAPTION_FIELDS
 from ..data.decode import ThermalNorm
 from .cache import EmbeddingCache, cache_key, hash_state_dict
+from ..files import AdapterError
 from .errors import BenchmarkError
 from .shard_reader import SampleIndex, iter_image_batches
 
@@ -43,29 +43,23 @@ def model_tokenizer(model_name: str):
 NORM_SOURCES = ("override", "recorded", "default")
 
 
-def _config_of(weights: str) -> Optional[dict]:
-    """The ``adapter_config.json`` of a weights path (folder, the config itself, or a file in the folder)."""
-    path = Path(weights)
-    for candidate in (path / "adapter_config.json", path if path.name == "adapter_config.json" else None,
-                      path.parent / "adapter_config.json", path.parent.parent / "adapter_config.json"):
-        if candidate is not None and candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except (OSError, ValueError):
-                return None
-    return None
-
-
 def recorded_norm(weights: Optional[str]) -> Optional[ThermalNorm]:
-    """The thermal normalisation recorded by training next to ``weights`` (None: not recorded).
+    """The thermal normalisation recorded by training with ``weights`` (None: not recorded).
+
+    Which weights carry a record, and where, is :func:`open_clip_thermal.adapters.recorded_thermal_norm`'s
+    rule (adapter and CLIP-Adapter folders, ``hf-hub:`` adapter repos, safetensors exports).
 
     Raises:
-        BenchmarkError: the recorded value is not a valid normalisation.
+        BenchmarkError: the record cannot be read (a corrupt config, naming the file), the Hub repo
+            cannot be fetched, or the recorded value is not a valid normalisation.
     """
-    if weights is None or "://" in weights or weights.startswith("hf-hub:"):
-        return None
-    config = _config_of(weights)
-    record = (config or {}).get("thermal_norm")
+    try:
+        record = recorded_thermal_norm(weights)
+    except AdapterError as error:
+        raise BenchmarkError(f"weights {weights!r}: {error}") from None
+    except Exception as error:  # the Hub: unknown repo or revision, no connection and no cached copy
+        raise BenchmarkError(f"weights {weights!r}: cannot read their thermal normalisation record: "
+                             f"{type(error).__name__}: {error}") from None
     if record is None:
         return None
     try:
@@ -89,12 +83,30 @@ def seed_norm(kind: str, seed: Sequence[Optional[str]], override: Optional[Therm
     recorded = [recorded_norm(weights) for weights in seed]
     found = [norm for norm in recorded if norm is not None]
     if not found:
+        message = unrecorded_norm_message(kind, seed, "default", label)
+        if message:
+            log.warning("WARNING: %s", message)
         return ThermalNorm(), "default"
     if len(set(found)) > 1:
         log.warning("WARNING: %s: the folders %s recorded different thermal normalisations (%s); encoding its "
                     "images with the first (%s); pass --thermal-norm to choose", label, "+".join(map(str, seed)),
                     ", ".join(n.describe() for n in found), found[0].describe())
     return found[0], "recorded"
+
+
+def unrecorded_norm_message(kind: str, seed: Sequence[Optional[str]], source: str, label: str = "") -> Optional[str]:
+    """What to tell the user when trained weights recorded no normalisation and the default decodes
+    their test images (None otherwise: a recorded or given choice, a zero-shot row, a random init).
+
+    ``seed_norm`` logs it; commands whose log goes to a file (classify, search) also print it.
+    """
+    weights = "+".join(str(w) for w in seed if w is not None)
+    if source != "default" or kind == "zeroshot" or not weights:
+        return None
+    return (f"{label or weights}: the weights {weights} record no thermal normalisation (a URL, a .pt checkpoint or "
+            f"a folder saved without one), so frames deeper than 8 bits are decoded with the default "
+            f"{ThermalNorm().describe()}, which may not be what they were trained with (8-bit frames are not "
+            "affected); pass --thermal-norm to choose")
 
 
 def norm_record(norm: ThermalNorm, source: str) -> dict:

@@ -177,6 +177,8 @@ def run_index(args) -> int:
                                      args.fusion or recorded.get("fusion"), args.device)
         else:
             embedder = load_embedder(args.model, norm, args.lam, args.fusion, args.device)
+            if embedder.norm_warning:  # the log goes to a file: say it on the console too
+                print(f"warning: {embedder.norm_warning}", file=sys.stderr)
         index = ThermalIndex.open(args.index, embedder, device=args.device, exact_below=args.exact_below)
     log.info("index %s with %s (%d stored)", args.index, index.identity.get("spec"), len(index))
     try:

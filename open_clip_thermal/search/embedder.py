@@ -29,7 +29,7 @@ from ..classify.zeroshot import dual_branches
 from ..contracts import BRANCHES, FUSION_MODES
 from ..data.decode import ThermalNorm
 from ..evaluation.cache import hash_state_dict
-from ..evaluation.encode import model_preprocess, model_tokenizer, seed_norm
+from ..evaluation.encode import model_preprocess, model_tokenizer, seed_norm, unrecorded_norm_message
 from ..evaluation.errors import BenchmarkError
 from ..evaluation.variants import build_model, check_spec
 from ..model import fuse_features
@@ -51,6 +51,7 @@ class Embedder:
     fusion: Optional[str] = None  # dual models only
     spec: Optional[str] = None  # NAME[:PRETRAINED] it was built from (None: built by the caller)
     device: str = "cpu"
+    norm_warning: Optional[str] = None  # set when trained weights recorded no normalisation (the CLI prints it)
 
     @property
     def dual(self) -> bool:
@@ -135,7 +136,8 @@ def load_embedder(model_text: str, norm: Optional[ThermalNorm] = None, lam: Opti
     Args:
         model_text: the model; PRETRAINED an OpenCLIP tag, a checkpoint, an adapter folder,
             ``GLOBAL_DIR+FG_DIR`` or ``none`` (random init, seeded 0; the default).
-        norm: thermal normalisation (None: what the adapters recorded, else percentile 1:99).
+        norm: thermal normalisation (None: what the weights recorded, ``adapters.recorded_thermal_norm``:
+            an adapter folder, an ``hf-hub:`` adapter repo or a safetensors export; else percentile 1:99).
         lam, fusion: fusion of a dual model (None: the model's own); refused for other models.
         device: torch device.
 
@@ -151,12 +153,14 @@ def load_embedder(model_text: str, norm: Optional[ThermalNorm] = None, lam: Opti
     spec, seed = variant_for(name, pretrained)
     try:
         check_spec(spec)
-        norm, _ = seed_norm(spec.kind, seed, norm, label)
+        norm, source = seed_norm(spec.kind, seed, norm, label)
         model = build_model(spec, seed)
     except BenchmarkError as error:
         raise SearchError(f"--model {model_text}: {error}") from None
-    return from_model(model, name, norm=norm, lam=lam, fusion=fusion, device=device,
-                      spec=f"{name}:{pretrained or 'none'}")
+    embedder = from_model(model, name, norm=norm, lam=lam, fusion=fusion, device=device,
+                          spec=f"{name}:{pretrained or 'none'}")
+    embedder.norm_warning = unrecorded_norm_message(spec.kind, seed, source, f"--model {model_text}")
+    return embedder
 
 
 def from_model(model: torch.nn.Module, model_name: Optional[str] = None, norm: Optional[ThermalNorm] = None,
