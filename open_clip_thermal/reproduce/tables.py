@@ -6,7 +6,6 @@ sharing one embedding cache between experiments. This module then picks the rows
 the table's order and with the paper's names, and writes ``tables/<experiment>.md`` and ``.json`` (and
 the figure PNGs for fig1, fig4 and fig7).
 """
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -123,6 +122,8 @@ def run_benchmark(plan: Plan, experiment_id: str, plots: bool = True) -> Dict:
     console output and logging sent to ``results/<id>/benchmark.log``.
     """
     from ..benchmark.cli import main as benchmark_main
+    from ..evaluation.errors import BenchmarkError
+    from ..evaluation.report import read_results
     out = plan.out / "results" / experiment_id
     out.mkdir(parents=True, exist_ok=True)
     argv = benchmark_command(plan, experiment_id, plots=plots)[1 + len(BENCHMARK_MODULE):]
@@ -131,7 +132,10 @@ def run_benchmark(plan: Plan, experiment_id: str, plots: bool = True) -> Dict:
     if code != 0:
         raise AssemblyError(f"the benchmark of experiment {experiment_id} failed (exit status {code}); "
                             f"see {out / 'benchmark.log'}")
-    return json.loads((out / "results.json").read_text())
+    try:
+        return read_results(out)
+    except BenchmarkError as error:  # damaged after the benchmark wrote it: name the file
+        raise AssemblyError(f"experiment {experiment_id}: {error}") from None
 
 
 def _cell(cell: Mapping) -> str:
