@@ -15,7 +15,6 @@ stock names to OpenCLIP, whose own hf-hub handling loads OpenCLIP model repos.
 Everything talks to the endpoint huggingface_hub is configured with (``HF_ENDPOINT``), so the
 tests run against a loopback server (tests/test_hub.py).
 """
-import json
 import os
 import shutil
 import tempfile
@@ -180,7 +179,8 @@ def render_recall_table(recall_table: Union[str, Mapping, PathLike]) -> str:
     """A Markdown recall table from Markdown (kept), ``{row: {column: value}}``, or the benchmark's
     ``results.json`` (a path or the parsed dict; recall means in %)."""
     if isinstance(recall_table, os.PathLike) or (isinstance(recall_table, str) and recall_table.endswith(".json")):
-        recall_table = json.loads(Path(recall_table).read_text())
+        from .evaluation.report import read_results  # names a missing, damaged or foreign file
+        recall_table = read_results(recall_table)
     if isinstance(recall_table, str):
         return recall_table.strip()
     if "rows" in recall_table and "config" in recall_table:

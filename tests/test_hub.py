@@ -140,3 +140,14 @@ def test_hub_names_are_parsed_and_other_values_pass_through():
         assert hub.resolve_pretrained(other) is other
     with pytest.raises(ValueError, match="ORG/NAME"):
         hub.parse_hub_name("hf-hub:name-without-org")
+
+
+def test_recall_table_from_a_results_file_and_a_damaged_one_is_named(tmp_path):
+    from open_clip_thermal.evaluation.errors import BenchmarkError
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(RESULTS))
+    assert hub.render_recall_table(path) == hub.render_recall_table(RESULTS)
+    assert "| T-CLIP Dual | 43.21 | 90.00 | 25.00 | 75.00 |" in hub.render_recall_table(str(path))
+    path.write_text(json.dumps(RESULTS)[:40])  # cut short, as by a killed writer
+    with pytest.raises(BenchmarkError, match="results.json are not valid JSON"):
+        hub.render_recall_table(path)

@@ -299,6 +299,7 @@ def summary_tables(results: Dict, ci: Optional[Dict], n_seeds: int) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import json
     args = build_parser().parse_args(argv)
+    from ..evaluation.report import read_results  # after parsing: --help stays torch-free
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
@@ -326,7 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             base, shards, out, args)
     ci = timer.run(label("bootstrap Dual − Global"), logs / "bootstrap.log", dual_minus_global, adapters, shards,
                    results_dir, args)
-    results = json.loads((results_dir / "results.json").read_text())
+    results = read_results(results_dir)
     (results_dir / "dual_minus_global.json").write_text(json.dumps(ci, indent=2) + "\n")
     print("\n" + summary_tables(results, ci, len(seeds)))
     print("\nStage times:\n" + timer.summary())
