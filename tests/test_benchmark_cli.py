@@ -224,6 +224,16 @@ def test_part_of_a_split_is_warned_and_recorded(tmp_path):
     assert json.loads((tmp_path / "whole" / "results.json").read_text())["config"]["left_out_shards"] == {}
 
 
+
+def test_a_damaged_sizes_json_is_warned_not_skipped(tmp_path):
+    from open_clip_thermal.evaluation.shard_reader import unlisted_shards
+    urls = write_shards(tmp_path / "shards")
+    assert unlisted_shards(urls[:1]) == {}  # no sizes.json: nothing to compare with, silently
+    (tmp_path / "shards" / "sizes.json").write_text('{"test-test-000000.tar": 7, "test-te')  # cut short
+    with pytest.warns(UserWarning, match=r"sizes.json cannot be read .*not checking whether --data names every"):
+        assert unlisted_shards(urls[:1]) == {}
+
+
 ZEROSHOT = ["--base-model", "thermal-vit-tiny", "--base-pretrained", "none", "--recall-k", "1", "--no-plots"]
 
 

@@ -6,6 +6,7 @@ the tars itself instead of going through the training loader's tokenised batches
 """
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -65,7 +66,7 @@ def unlisted_shards(urls: Sequence[str]) -> Dict[str, List[str]]:
 
     Read from the ``sizes.json`` the converter writes beside local shards (``STEM-NNNNNN.tar``, where
     STEM is ``prefix-split``); a split evaluated on part of its shards gives numbers that cannot be
-    compared with the full test set's. Remote URLs and folders without ``sizes.json`` are not checked.
+    compared with the full test set's. Remote URLs and folders without ``sizes.json`` are not checked; a damaged ``sizes.json`` is a warning.
     """
     given: Dict[Tuple[str, str], set] = {}
     for url in urls:
@@ -75,10 +76,16 @@ def unlisted_shards(urls: Sequence[str]) -> Dict[str, List[str]]:
         given.setdefault((os.path.dirname(os.path.abspath(url)), match["stem"]), set()).add(os.path.basename(url))
     missing: Dict[str, List[str]] = {}
     for (folder, stem), names in given.items():
+        sizes = os.path.join(folder, "sizes.json")
         try:
-            with open(os.path.join(folder, "sizes.json"), encoding="utf-8") as f:
+            with open(sizes, encoding="utf-8") as f:
                 listed = json.load(f)
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            continue  # not written by our converter: nothing to compare with
+        except (OSError, ValueError) as error:
+            # Damaged: the completeness check cannot run, which the user must know.
+            warnings.warn(f"{sizes} cannot be read ({error}); not checking whether --data names every shard "
+                          f"of {stem}-*")
             continue
         same_split = {n for n in listed if (m := SHARD_NAME.match(n)) is not None and m["stem"] == stem}
         if same_split - names:
