@@ -48,13 +48,29 @@ def _temporary_beside(path: Path) -> str:
     return tmp
 
 
+def _plain_mode(path: Path, created: int = 0o666) -> int:
+    """The permissions a plain ``open(path, 'w')`` (``created`` 0o666) or ``mkdir`` (0o777) would leave:
+    the existing file's or folder's own, else ``created`` less the umask.
+
+    mkstemp/mkdtemp make temporaries 0o600/0o700; renaming one into place unchanged would make every
+    result (adapters, checkpoints, results.json) unreadable to the rest of a shared project group.
+    """
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)  # the only portable way to read it; restored at once
+        os.umask(umask)
+        return created & ~umask
+
+
 def atomic_write(path: PathLike, write: Callable[[str], Any], mode: int = None) -> Path:
     """Call ``write(temporary_path)``, then move the finished file to ``path`` in one rename.
 
     Args:
         path: destination; its folder is created if needed.
         write: writes the whole content to the path it is given (e.g. ``lambda t: torch.save(x, t)``).
-        mode: permission bits for the result (temporary files are private, 0o600).
+        mode: permission bits for the result (default: what a plain ``open`` would give: the existing
+            file's, else 0o666 less the umask).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -83,8 +99,7 @@ def atomic_write_all(writes: Sequence[Tuple[PathLike, Callable[[str], Any]]], mo
             temporaries.append(_temporary_beside(path))
             write(temporaries[-1])
             _fsync(temporaries[-1])
-            if mode is not None:
-                os.chmod(temporaries[-1], mode)
+            os.chmod(temporaries[-1], _plain_mode(path) if mode is None else mode)
         for path, tmp in zip(paths, temporaries):
             os.replace(tmp, path)
     except BaseException:
@@ -116,6 +131,7 @@ def atomic_replace_dir(folder: PathLike, fill: Callable[[Path], Any]) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, _plain_mode(folder, created=0o777))
         fill(tmp)
         if folder.exists():
             old = folder.with_name(folder.name + ".old")

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from open_clip_thermal import files
-from open_clip_thermal.files import (CONFIG_NAME, AdapterError, atomic_replace_dir, atomic_write, atomic_write_json,
+from open_clip_thermal.files import (CONFIG_NAME, AdapterError, atomic_replace_dir, atomic_write, atomic_write_json, atomic_write_text,
                                     check_finite, read_config_file, read_weights_file)
 
 
@@ -56,6 +56,22 @@ def test_replace_dir_swaps_whole_folders(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["two.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapters"]
     assert os.stat(atomic_write(tmp_path / "m", lambda t: open(t, "w").write("m"), mode=0o644)).st_mode & 0o777 == 0o644
+
+
+def test_atomic_results_get_the_permissions_a_plain_write_would(tmp_path):
+    """Not mkstemp's private 0o600 / mkdtemp's 0o700: a shared project group must be able to read results."""
+    previous = os.umask(0o027)
+    try:
+        open(tmp_path / "plain", "w").close()
+        os.mkdir(tmp_path / "plain_dir")
+        new = atomic_write_text(tmp_path / "new.json", "{}")
+        folder = atomic_replace_dir(tmp_path / "adapters", lambda tmp: (tmp / "a.txt").write_text("1"))
+    finally:
+        os.umask(previous)
+    assert os.stat(new).st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777 == 0o640
+    assert os.stat(folder).st_mode & 0o777 == os.stat(tmp_path / "plain_dir").st_mode & 0o777 == 0o750
+    os.chmod(new, 0o604)  # an existing file keeps its own permissions, as when written in place
+    assert os.stat(atomic_write_text(new, "[]")).st_mode & 0o777 == 0o604
 
 
 def test_file_layer_imports_no_torch():
