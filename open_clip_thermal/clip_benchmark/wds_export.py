@@ -31,6 +31,7 @@ from ..contracts import CAPTION_FIELDS
 from ..data.decode import ThermalNorm
 from ..data.shard_writer import TAR_MTIME
 from ..evaluation.errors import BenchmarkError
+from ..files import atomic_write_text  # a killed export never leaves a cut-short nshards.txt or record
 from ..evaluation.shard_reader import expand_urls, iter_image_batches, read_sample_index
 from .cli import DEFAULT_MAXCOUNT, DEFAULT_SPLIT, TASKS
 
@@ -87,11 +88,6 @@ def _prepare_out(out: str, split: str, overwrite: bool) -> str:
         shutil.rmtree(split_dir)
     os.makedirs(split_dir, exist_ok=True)
     return split_dir
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def export_wds(data, out: str, caption: str, task: str = "retrieval", label_field: Optional[str] = None,
@@ -176,15 +172,15 @@ def export_wds(data, out: str, caption: str, task: str = "retrieval", label_fiel
         if writer is not None:
             writer.close()
         bar.close()
-    _write_text(os.path.join(split_dir, "nshards.txt"), f"{report.shards}\n")
-    _write_text(os.path.join(out, "dataset_type.txt"), (RETRIEVAL_TYPE if task == "retrieval" else "classification") + "\n")
+    atomic_write_text(os.path.join(split_dir, "nshards.txt"), f"{report.shards}\n")
+    atomic_write_text(os.path.join(out, "dataset_type.txt"), (RETRIEVAL_TYPE if task == "retrieval" else "classification") + "\n")
     if task == "classification":
-        _write_text(os.path.join(out, "classnames.txt"), "".join(name + "\n" for name in report.classnames))
-        _write_text(os.path.join(out, "zeroshot_classification_templates.txt"), "".join(p + "\n" for p in prompts))
+        atomic_write_text(os.path.join(out, "classnames.txt"), "".join(name + "\n" for name in report.classnames))
+        atomic_write_text(os.path.join(out, "zeroshot_classification_templates.txt"), "".join(p + "\n" for p in prompts))
     record = {"source_shards": urls, "caption": caption, "task": task, "label_field": label_field, "split": split,
               "samples": report.samples, "shards": report.shards,
               "thermal_norm": (norm or ThermalNorm()).to_dict(), "image_format": "8-bit RGB PNG (lossless)"}
-    _write_text(os.path.join(out, EXPORT_RECORD), json.dumps(record, indent=2) + "\n")
+    atomic_write_text(os.path.join(out, EXPORT_RECORD), json.dumps(record, indent=2) + "\n")
     return report
 
 
