@@ -113,3 +113,18 @@ def test_uninstall_restores_openclips_get_tokenizer():
     finally:
         oct.install()
     assert seam.tokenizer_installed() and getattr(open_clip.get_tokenizer, "_open_clip_thermal", False)
+
+
+def test_evaluation_tokenizes_with_the_recorded_base_not_the_method_name():
+    """benchmark/classify/search pick the text tokenizer from the model's recorded base: a method name
+    such as 'clip-adapter' tells OpenCLIP nothing, and it would silently hand out CLIP's 77-token BPE."""
+    from open_clip_thermal.base_model import Provenance
+    from open_clip_thermal.evaluation.encode import model_tokenizer
+    model = torch.nn.Linear(1, 1)
+    model.provenance = Provenance(model_name="clip-adapter", base_model="PE-Core-B-16")  # a 32-token BPE base
+    tokenizer = model_tokenizer(model, "clip-adapter")
+    base = open_clip.get_tokenizer("PE-Core-B-16")
+    assert tokenizer.context_length == base.context_length == 32
+    assert torch.equal(tokenizer(TEXTS), base(TEXTS))
+    with pytest.warns(UserWarning, match="no tokenizer is known for model 'clip-adapter'"):
+        assert model_tokenizer(torch.nn.Linear(1, 1), "clip-adapter").context_length == 77

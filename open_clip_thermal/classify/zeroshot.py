@@ -155,7 +155,7 @@ def classify(model, tree_or_dataset, classnames: Optional[Sequence[str]] = None,
         raise ValueError(f"{len(classnames)} class names for labels up to {max(labels)}")
     templates = load_templates(templates)
     if tokenizer is None:
-        tokenizer = model_tokenizer(provenance_of(model).model_name or "")
+        tokenizer = model_tokenizer(model, provenance_of(model).model_name or "")
     dual = dual_branches(model) is not None
     mode = _fusion_of(model, fusion) if dual else None
     classes = class_embeddings(model, tokenizer, classnames, templates, lam, mode, device)

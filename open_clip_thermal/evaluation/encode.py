@@ -1,12 +1,14 @@
 """Encode the test set once per (model weights, branch, caption type), through the disk cache."""
 import logging
 import math
+import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
 from tqdm import tqdm
 
 from ..adapters import recorded_thermal_norm
+from ..base_model import provenance_of
 from ..contracts import CAPTION_FIELDS
 from ..data.decode import ThermalNorm
 from .cache import EmbeddingCache, cache_key, hash_state_dict
@@ -29,13 +31,23 @@ def model_preprocess(model: torch.nn.Module):
                                      resize_mode=config.get("resize_mode"), interpolation=config.get("interpolation"))
 
 
-def model_tokenizer(model_name: str):
-    """OpenCLIP's tokenizer for ``model_name`` (the default CLIP BPE when the name is unknown)."""
+def model_tokenizer(model: Optional[torch.nn.Module] = None, model_name: str = ""):
+    """OpenCLIP's tokenizer for ``model``: its base's when its provenance records one, else ``model_name``'s.
+
+    The base decides (a text tower is its base's): a CLIP-Adapter or any T-CLIP model on a SigLIP base
+    needs SigLIP's tokenizer, which a name like ``clip-adapter`` cannot tell OpenCLIP. For a name
+    OpenCLIP has no configuration for, it returns CLIP's BPE; that is said with a warning, because the
+    text features are wrong if the model was trained with another tokenizer.
+    """
     import open_clip
-    try:
-        return open_clip.get_tokenizer(model_name)
-    except Exception:  # unregistered name: every T-CLIP base uses the CLIP BPE tokenizer
-        return open_clip.get_tokenizer("ViT-B-16")
+    name = (provenance_of(model).base_model if model is not None else None) or model_name
+    if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
+        log.warning("WARNING: no tokenizer is known for model %r (no recorded base, not an OpenCLIP name); "
+                    "encoding text with CLIP's BPE tokenizer (77 tokens), which is right only for CLIP-text bases",
+                    name)
+        warnings.warn(f"no tokenizer is known for model {name!r}; using CLIP's BPE tokenizer (77 tokens)",
+                      UserWarning, stacklevel=2)
+    return open_clip.get_tokenizer(name)
 
 
 # ----------------------------------------------------------------------------- normalisation per seed
@@ -184,7 +196,7 @@ def encode_test_set(model: torch.nn.Module, model_name: str, label: str, needs: 
     """
     who = who or label
     preprocess = model_preprocess(model)
-    tokenizer = model_tokenizer(model_name)
+    tokenizer = model_tokenizer(model, model_name)
     weights = hash_state_dict(model.state_dict())
     norm = norm or ThermalNorm()
     keys = {need: cache_key(weights=weights, model=type(model).__name__, data=data_id, branch=need[0], what=need[1],

@@ -180,7 +180,7 @@ def from_model(model: torch.nn.Module, model_name: Optional[str] = None, norm: O
         raise SearchError(f"--fusion {fusion!r}: choose from {', '.join(FUSION_MODES)}")
     model = model.to(device).eval()
     name = model_name or provenance_of(model).model_name or ""
-    return Embedder(model=model, preprocess=model_preprocess(model), tokenizer=model_tokenizer(name),
+    return Embedder(model=model, preprocess=model_preprocess(model), tokenizer=model_tokenizer(model, name),
                     norm=norm or ThermalNorm(), lam=(model.lam if lam is None else float(lam)) if dual else None,
                     fusion=(fusion or model.fusion) if dual else None, spec=spec, device=device)
 
