@@ -149,8 +149,13 @@ def test_cli_on_synthetic_tree_writes_clip_benchmark_json(synthetic_tree, tmp_pa
     finally:
         bad.unlink()
     assert status == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "tclip-tiny-dual:none" in printed and "base" in printed and "mean per-class recall" in printed
+    # Both rows are untrained networks: said on the console (the log goes to a file), once per model.
+    said = [line for line in captured.err.splitlines() if "built with random weights" in line]
+    assert len(said) == 2 and all(line.startswith("warning: base model 'thermal-vit-tiny'") for line in said)
+    assert "built with random weights" in (tmp_path / "out" / "classify.log").read_text()
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["task"] == "zeroshot_classification" and len(results["results"]) == 2
     dual, base = results["results"]

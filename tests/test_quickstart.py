@@ -86,3 +86,18 @@ def test_quiet_sends_prints_logs_and_raw_writes_to_the_file(tmp_path, capfd):
         assert line in text
     printed = capfd.readouterr()
     assert "from" not in printed.out + printed.err
+
+
+def test_quiet_repeats_the_package_warnings_on_the_console_once(tmp_path, capfd):
+    import warnings
+
+    from open_clip_thermal.console import PACKAGE_DIR
+    ours = os.path.join(PACKAGE_DIR, "evaluation", "encode.py")
+    with quiet(tmp_path / "stage.log"):
+        for _ in range(3):
+            warnings.warn_explicit("scores may be wrong", UserWarning, ours, 10)
+        warnings.warn("a third-party deprecation", DeprecationWarning)
+    printed = capfd.readouterr()
+    assert printed.err.splitlines() == ["warning: scores may be wrong"] and printed.out == ""
+    text = (tmp_path / "stage.log").read_text()
+    assert text.count("scores may be wrong") == 1 and "a third-party deprecation" in text

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..console import surfaced_warnings  # standard library only
 from ..contracts import BRANCHES, DEFAULT_LAM, FUSION_MODES
 from ..data.decode import add_norm_arguments, norm_from_args
 from .crops import CropError, coco_crops
@@ -182,8 +183,6 @@ def _setup_logging(out: Path, verbose: bool) -> Path:
 
 def run_eval(args) -> Dict:
     """The ``eval`` subcommand: build each model, classify, write the report; returns it."""
-    import warnings
-
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0)):
         if value < low:
             raise ClassifyError(f"{flag} must be >= {low}, got {value}")
@@ -222,14 +221,13 @@ def run_eval(args) -> Dict:
             unrecorded = unrecorded_norm_message(spec.kind, seed, source, f"--model {label}")
             if unrecorded:  # the log goes to a file: say it on the console too
                 print(f"warning: {unrecorded}", file=sys.stderr)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore" if not args.verbose else "default")
+            with surfaced_warnings():  # logged; ours (e.g. random base weights) also on the console
                 model = build_model(spec, seed)
         except BenchmarkError as error:
             raise ClassifyError(f"--model {label}: {error}") from None
         start = time.time()
         dataset = ThermalImageFolder(args.data, transform=model_preprocess(model), norm=norm, classes=folders)
-        metrics = classify(model, dataset, classnames, templates, tokenizer=model_tokenizer(name), lam=args.lam,
+        metrics = classify(model, dataset, classnames, templates, tokenizer=model_tokenizer(model, name), lam=args.lam,
                            fusion=args.fusion, per_branch=args.per_branch, batch_size=args.batch_size,
                            workers=args.workers, device=args.device)
         branches = metrics.pop("branches", None)

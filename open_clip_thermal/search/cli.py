@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..console import surfaced_warnings  # standard library only
 from ..contracts import DEFAULT_LAM, FUSION_MODES
 from ..data.decode import add_norm_arguments, norm_from_args
 from .backends import BACKENDS, EXACT_BELOW, INSTALL_HINT
@@ -159,13 +160,10 @@ def run_index(args) -> int:
     args.index.mkdir(parents=True, exist_ok=True)
     _setup_logging(args.index, args.verbose)  # before the model: OpenCLIP's warnings go to the log too
 
-    import warnings
-
     from .embedder import load_embedder
     from .index import ThermalIndex
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("default" if args.verbose else "ignore")
+    with surfaced_warnings():  # logged; ours (e.g. random base weights) also on the console
         if args.model is None:  # the recorded model, with any setting given on the command line
             recorded = IndexStore.open(args.index).header.get("model") or {}
             from ..data.decode import ThermalNorm
@@ -207,15 +205,12 @@ def run_query(args) -> int:
     for image in args.images:
         if not Path(image).is_file():
             raise SearchError(f"--image {image}: not a file")
-    import warnings
-
     from .index import ThermalIndex
     from .report import format_results, write_contact_sheet, write_json
 
     IndexStore.open(args.index)  # no index there: one line before anything is imported
     _setup_logging(args.index, args.verbose)
-    with warnings.catch_warnings():
-        warnings.simplefilter("default" if args.verbose else "ignore")
+    with surfaced_warnings():
         index = ThermalIndex.load(args.index, args.model, device=args.device, exact_below=args.exact_below)
         results = index.query(args.texts, args.images, k=args.top_k, backend=args.backend, nprobe=args.nprobe)
     print(format_results(results))
