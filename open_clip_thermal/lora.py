@@ -93,25 +93,33 @@ class LoRAUpdate(nn.Module, loralib.LoRALayer):
         self.lora_A[branch] = nn.Parameter(a)
         self.lora_B[branch] = nn.Parameter(b)
 
+    def _place_groups(self, per_group: torch.Tensor, dim: int) -> torch.Tensor:
+        """Spread the enabled groups (stacked along ``dim``) over all groups, with zeros at disabled ones.
+
+        Built by concatenation, not by assigning into a zero tensor with a boolean index (which copies
+        even when every group is enabled, and which the ONNX exporter traces as NonZero + ScatterND).
+        With every group enabled (q, k and v, the default) the input is returned as it is, no copy.
+        """
+        if self.num_enabled == len(self.enable):
+            return per_group
+        dim = dim % per_group.ndim
+        enabled = iter(per_group.split(1, dim))
+        zeros = per_group.new_zeros(per_group.shape[:dim] + (1,) + per_group.shape[dim + 1:])
+        return torch.cat([next(enabled) if on else zeros for on in self.enable], dim)
+
     def delta_weight(self, branch: str) -> torch.Tensor:
         """The branch's update as a dense ``(out, in)`` weight, already scaled."""
         a = self.lora_A[branch].view(self.num_enabled, self.r, self.in_features)
         b = self.lora_B[branch].view(self.num_enabled, self.group_size, self.r)
         per_group = torch.bmm(b, a)  # (groups_enabled, group_size, in)
-        full = per_group.new_zeros(len(self.enable), self.group_size, self.in_features)
-        full[list(self.enable)] = per_group
-        return full.reshape(self.out_features, self.in_features) * self.scaling
+        return self._place_groups(per_group, 0).reshape(self.out_features, self.in_features) * self.scaling
 
     def _branch_delta(self, x: torch.Tensor, branch: str) -> torch.Tensor:
         h = F.linear(self.lora_dropout(x), self.lora_A[branch])  # (..., groups_enabled * r)
         h = h.unflatten(-1, (self.num_enabled, self.r))
         b = self.lora_B[branch].view(self.num_enabled, self.group_size, self.r)
-        out = torch.einsum("...gr,gor->...go", h, b)
-        if self.num_enabled != len(self.enable):
-            full = out.new_zeros(*out.shape[:-2], len(self.enable), self.group_size)
-            full[..., list(self.enable), :] = out
-            out = full
-        return out.flatten(-2) * self.scaling
+        out = torch.einsum("...gr,gor->...go", h, b)  # (..., groups_enabled, group_size)
+        return self._place_groups(out, -2).flatten(-2) * self.scaling
 
     def _split(self, x: torch.Tensor, active: Tuple[str, ...]) -> Tuple[torch.Tensor, ...]:
         """The per-branch chunks of a batch that carries ``len(active)`` branches."""
@@ -137,12 +145,18 @@ class LoRAUpdate(nn.Module, loralib.LoRALayer):
         """
         if torch.is_grad_enabled():
             return F.linear(x, weight, bias) + self(x)
+        return self.per_branch_linear(x, {b: weight + self.delta_weight(b).to(weight.dtype)
+                                          for b in self.router.active}, bias)
+
+    def per_branch_linear(self, x: torch.Tensor, weights: Dict[str, torch.Tensor],
+                          bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """``F.linear`` of each active branch's chunk of ``x`` with ``weights[branch]`` (one active branch:
+        the whole batch), split and concatenated along the batch as :meth:`forward` does."""
         active = self.router.active
         if len(active) == 1:
-            return F.linear(x, weight + self.delta_weight(active[0]).to(weight.dtype), bias)
+            return F.linear(x, weights[active[0]], bias)
         chunks = self._split(x, active)
-        return torch.cat([F.linear(c, weight + self.delta_weight(b).to(weight.dtype), bias)
-                          for c, b in zip(chunks, active)], dim=self.batch_dim)
+        return torch.cat([F.linear(c, weights[b], bias) for c, b in zip(chunks, active)], dim=self.batch_dim)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, r={self.r}, "

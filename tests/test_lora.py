@@ -1,5 +1,6 @@
 """LoRA injection: parameter counts, frozen base, stock state-dict keys, equality at init, gradients."""
 import copy
+import itertools
 import warnings
 
 import open_clip
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 import open_clip_thermal as oct
-from open_clip_thermal.lora import LoRAAttention, LoRAConfig, count_lora_parameters, tower_transformers
+from open_clip_thermal.lora import (BranchRouter, LoRAAttention, LoRAConfig, LoRAUpdate, count_lora_parameters,
+                                   tower_transformers)
 
 from model_helpers import images, randomise_lora, tiny_clip, tokens
 
@@ -127,3 +129,41 @@ def test_bad_config_names_the_value():
         LoRAConfig(towers="audio")
     with pytest.raises(ValueError, match="rank"):
         LoRAConfig(rank=0)
+
+
+def _scatter_delta_weight(update, branch):
+    """The dense update as lora.py computed it before the concatenation: boolean-index assignment."""
+    a = update.lora_A[branch].view(update.num_enabled, update.r, update.in_features)
+    b = update.lora_B[branch].view(update.num_enabled, update.group_size, update.r)
+    full = a.new_zeros(len(update.enable), update.group_size, update.in_features)
+    full[list(update.enable)] = torch.bmm(b, a)
+    return full.reshape(update.out_features, update.in_features) * update.scaling
+
+
+def _scatter_activation_delta(update, x, branch):
+    h = torch.nn.functional.linear(x, update.lora_A[branch]).unflatten(-1, (update.num_enabled, update.r))
+    out = torch.einsum("...gr,gor->...go", h, update.lora_B[branch].view(update.num_enabled, update.group_size, update.r))
+    full = out.new_zeros(*out.shape[:-2], len(update.enable), update.group_size)
+    full[..., list(update.enable), :] = out
+    return full.flatten(-2) * update.scaling
+
+
+@pytest.mark.parametrize("enable", [e for e in itertools.product([True, False], repeat=3) if any(e)])
+def test_group_placement_equals_the_scatter_formula(enable):
+    """Every q/k/v mask (all enabled included): same dense update, same activations, same gradients."""
+    router = BranchRouter(("a",))
+    update = LoRAUpdate(16, 48, LoRAConfig(rank=4, alpha=8), router, enable)
+    torch.manual_seed(sum(enable))
+    with torch.no_grad():
+        update.lora_B["a"].normal_()
+    assert torch.equal(update.delta_weight("a"), _scatter_delta_weight(update, "a"))
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    grads = []
+    for compute in (lambda: update(x), lambda: _scatter_activation_delta(update, x, "a")):
+        out = compute()
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+        params = (x, update.lora_A["a"], update.lora_B["a"])
+        grads.append((out.detach(), *torch.autograd.grad((out * weights).sum(), params)))
+    assert all(torch.equal(new, old) for new, old in zip(*grads))
+    dense = update.delta_weight("a").view(3, 16, 16)  # disabled groups add exactly nothing
+    assert all(bool((dense[g] == 0).all()) != on for g, on in enumerate(enable))
