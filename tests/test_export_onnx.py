@@ -102,6 +102,62 @@ def test_unknown_branch_is_named(tmp_path, capsys):
         export_onnx(_dual("feature"), tmp_path / "y", branch="mixed")
 
 
+def _graph(path):
+    import onnx
+    from onnx import numpy_helper
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    return ops, [torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer]
+
+
+def _matmuls(ops):
+    return ops.count("MatMul") + ops.count("Gemm")
+
+
+def _holds(weights, w):
+    """How many initialisers equal ``w`` (as stored for Gemm) or its transpose (as folded for MatMul)."""
+    return sum(1 for t in weights for ref in (w, w.T)
+               if t.shape == ref.shape and (t - ref).abs().max() <= 1e-6)
+
+
+@pytest.mark.parametrize("lora", [{}, {"last_k_blocks": 2}, {"targets": ["q", "v", "out", "mlp"]}],
+                         ids=["qkv", "last-2-blocks", "qv-out-mlp"])
+def test_dual_graph_holds_merged_branch_weights_and_no_lora_op(tmp_path, lora):
+    """Each adapted layer's W + B A of each branch is one constant of the dual graph: no LoRA matmul,
+    no scatter, one extra weight matmul per adapted layer (the second branch's half of the batch)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = open_clip.create_model("tclip-tiny-dual", lora=lora)
+    randomise_lora(model)
+    model.eval()
+    dual = export_onnx(model, tmp_path / "dual", branch="dual")
+    single = export_onnx(model, tmp_path / "single", branch=GLOBAL)
+    per_block = 1 if lora.get("targets") is None else 4  # qkv; or qkv + out + c_fc + c_proj
+    adapted = per_block * lora.get("last_k_blocks", 4)  # per tower (4 blocks)
+    merged = {b: model.merged_state_dict(b) for b in BRANCHES}
+    lora_keys = [k[:-len(".lora_A." + GLOBAL)] for k in model.base.state_dict()
+                 if k.endswith(".lora_A." + GLOBAL)]
+    for kind, tower in (("image", "visual."), ("text", "transformer.")):
+        ops, weights = _graph(dual / f"{kind}.onnx")
+        single_ops, _ = _graph(single / f"{kind}.onnx")
+        assert "NonZero" not in ops and "ScatterND" not in ops
+        # image: one batched pass, the adapted layers run twice (a half each); text: two whole passes
+        assert _matmuls(ops) == _matmuls(single_ops) + (adapted if kind == "image" else _matmuls(single_ops))
+        keys = [k for k in lora_keys if k.startswith(tower)]
+        assert len(keys) == adapted
+        for key in keys:  # the update's owner -> the weight it adds to
+            weight = key[:-len(".qkv_update")] + ".in_proj_weight" if key.endswith("qkv_update") \
+                else key[:-len(".update")] + ".weight"
+            for b in BRANCHES:
+                assert _holds(weights, merged[b][weight]) == 1, (kind, weight, b)
+            assert _holds(weights, model.base.state_dict()[weight]) == 0  # the bare base weight is gone
+        x = images(3), tokens(3), tokens(3, seed=7)
+        with torch.no_grad():
+            want = model.encode_image(x[0]) if kind == "image" else model.encode_text_dual(x[1], x[2])
+        feeds = {"pixels": x[0]} if kind == "image" else {"global_tokens": x[1], "fine_grained_tokens": x[2]}
+        assert (_ort(dual / f"{kind}.onnx", feeds) - want).abs().max() <= 1e-4
+
+
 def test_dual_export_with_a_shared_prefix(tmp_path):
     """LoRA on the last 2 of 4 blocks: the graph runs the first 2 once and still matches PyTorch."""
     with warnings.catch_warnings():

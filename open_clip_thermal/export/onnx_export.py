@@ -9,9 +9,10 @@ branch as one weight, as at inference).
 
 * one branch: a copy with the LoRA of ``b`` merged into the weights and the LoRA layers removed
   (:func:`merged_copy`), so the graph holds plain weights; ``encode_image``/``encode_text``, normalised.
-* dual: the live model. The exporter's constant folding does not fold ``W + B A`` there (the delta
-  scatters its q/k/v groups by a boolean index: NonZero + ScatterND on constants), so the graph
-  computes it from the constant A, B on each call: a few small ops per adapted layer, same numbers.
+* dual: a copy in which every LoRA layer holds each branch's ``W + B A``, computed once before
+  tracing (:func:`folded_copy`), so the graph holds one constant weight per branch and adapted layer
+  and no LoRA op. Tracing the live model instead leaves ``B A`` as a MatMul on constants that
+  torch's constant folding does not evaluate: recomputed on every call (measured in docs/export.md).
 * ``dual`` image: the model's own batched pass (blocks before the first adapted block run once, the
   batch is repeated there, each half goes through its branch's merged weights) and the fusion.
 * ``dual`` text: two token inputs, the global caption through the global branch and the fine-grained
@@ -29,7 +30,7 @@ import torch.nn as nn
 
 from ..contracts import BRANCHES, FINE_GRAINED, FUSION_MODES, GLOBAL
 from ..files import atomic_write_json
-from ..lora import LoRAAttention, LoRALinear, lora_layers
+from ..lora import LoRAAttention, LoRALinear, LoRAUpdate, lora_layers
 from ..model import DualLoRAFusion, fuse_features
 
 DUAL = "dual"  # the --branch value for both branches with the fusion folded in
@@ -76,6 +77,45 @@ def merged_copy(model: DualLoRAFusion, branch: str) -> DualLoRAFusion:
             parent, _, child = name.rpartition(".")
             setattr(merged.base.get_submodule(parent), child, _plain_linear(layer))
     return merged
+
+
+class _FoldedUpdate(nn.Module):
+    """Stands in for a :class:`LoRAUpdate` at inference: each branch's ``W + delta`` computed once.
+
+    Same call as ``LoRAUpdate.linear`` and the same routing (the wrapped update's router and batch
+    split), but the weights are buffers, so a tracer records them as constants. Frozen: a later change
+    of the LoRA matrices is not seen, which is why only export copies are folded.
+    """
+
+    def __init__(self, update: LoRAUpdate, weight: torch.Tensor):
+        super().__init__()
+        self.update = update
+        self.names = {}
+        with torch.no_grad():
+            for i, branch in enumerate(update.router.branches):
+                self.names[branch] = f"branch_weight_{i}"
+                self.register_buffer(self.names[branch], weight + update.delta_weight(branch).to(weight.dtype))
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """As ``LoRAUpdate.linear``; ``weight`` (the bare base weight) is unused: each branch's includes it."""
+        weights = {b: getattr(self, name) for b, name in self.names.items()}
+        return self.update.per_branch_linear(x, weights, bias)
+
+
+def folded_copy(model: DualLoRAFusion) -> DualLoRAFusion:
+    """A copy of ``model`` whose LoRA layers hold every branch's merged weight ``W + B A`` as a constant.
+
+    The copy keeps the model's routing (the batched two-branch pass, a shared prefix, the fusion), so a
+    traced dual graph computes the same as the live model with plain per-branch weights: only the
+    adapted layers' weights are duplicated, one per branch, and no LoRA op is left.
+    """
+    folded = copy.deepcopy(model)
+    for module in list(folded.base.modules()):
+        if isinstance(module, LoRAAttention) and module.qkv_update is not None:
+            module.qkv_update = _FoldedUpdate(module.qkv_update, module.in_proj_weight)
+        elif isinstance(module, LoRALinear):
+            module.update = _FoldedUpdate(module.update, module.weight)
+    return folded
 
 
 def _plain_linear(layer: LoRALinear) -> nn.Linear:
@@ -146,7 +186,7 @@ def export_onnx(model: DualLoRAFusion, out_dir, branch: str = DUAL, opset: int =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    traced = model if branch == DUAL else merged_copy(model, branch)
+    traced = folded_copy(model) if branch == DUAL else merged_copy(model, branch)
     x = example_inputs(model, 2)
     text_names = _text_inputs(branch)
     text_args = tuple(x["tokens"] if i == 0 else x["tokens"].flip(0) for i in range(len(text_names)))
