@@ -44,3 +44,8 @@ STANDARD_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "TIFF": "tif", "WEBP": "webp
 # ----------------------------------------------------------------------------- annotation records
 # Caption kind -> field of an annotation record (converter input, IR-Cap output, simulator output).
 ANNOTATION_CAPTION_FIELDS = {GLOBAL: "global_caption", FINE_GRAINED: "fg_caption"}
+
+# ----------------------------------------------------------------------------- derived model names
+# `train --model <stock OpenCLIP name>` trains LoRA under the name PREFIX + base and records it in the
+# adapter folder; the registry rebuilds such a name from that record in any later process.
+TCLIP_CUSTOM_PREFIX = "tclip-custom-"

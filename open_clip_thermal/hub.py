@@ -155,7 +155,8 @@ def model_card(config: Mapping, repo_id: str, data: Union[None, str, Iterable[st
     out += ["## How to load", "", "```python", "import open_clip",
             "import open_clip_thermal  # registers the tclip-* names with OpenCLIP", "",
             f"model = open_clip.create_model('{model_name}', pretrained='{HF_HUB_PREFIX}{repo_id}')",
-            f"tokenizer = open_clip.get_tokenizer('{model_name}')", "```", "",
+            f"tokenizer = open_clip.get_tokenizer('{config['base_model']}')  # the base's: its text tower is the base's",
+            "```", "",
             f"Pin a revision with `pretrained='{HF_HUB_PREFIX}{repo_id}@<commit>'`; `lam=` and `fusion=` override "
             "the recorded fusion. Files: `adapter_config.json` and `<branch>/adapter_model.safetensors`.", ""]
     return "\n".join(out)

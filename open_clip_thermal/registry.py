@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch.nn as nn
 
 from . import seam
-from .contracts import DEFAULT_LAM, FUSION_FEATURE, FUSION_MODES, GLOBAL
+from .contracts import DEFAULT_LAM, FUSION_FEATURE, FUSION_MODES, GLOBAL, TCLIP_CUSTOM_PREFIX
 from .adapters import CONFIG_NAME, AdapterError, adapter_folder, load_adapters, read_adapter_config
 from .hub import resolve_pretrained as resolve_hub_pretrained
 from .base_model import FORCE_GELU, Provenance, build_base, original_create_model, resolve_activation
@@ -272,10 +272,48 @@ def _import_builder_packages() -> None:
             importlib.import_module(package)
 
 
+def custom_base(model_name: Any) -> Optional[str]:
+    """The OpenCLIP base of a derived name ``tclip-custom-<base>`` (what ``train --model <base>`` records),
+    or None for any other name."""
+    import open_clip
+    if not isinstance(model_name, str) or not model_name.startswith(TCLIP_CUSTOM_PREFIX):
+        return None
+    base = model_name[len(TCLIP_CUSTOM_PREFIX):]
+    return base if base in open_clip.list_models() else None
+
+
+def recorded_tclip_config(model_name: str, pretrained: Any, cache_dir: Optional[str] = None) -> Optional[dict]:
+    """T-CLIP settings of an unregistered ``model_name`` rebuilt from the adapter folder(s) ``pretrained``
+    names, when they record that name (a ``tclip-custom-<base>`` run, or a name registered at training
+    time in another process): base, branches (in folder order) and LoRA as saved. None otherwise."""
+    folders = _adapter_folders(resolve_hub_pretrained(pretrained, cache_dir))
+    configs = [read_adapter_config(folder) for folder in folders]
+    if not configs or any(c.get("model_name") != model_name for c in configs):
+        return None
+    if len({json.dumps(c.get("lora"), sort_keys=True) for c in configs}) > 1 or \
+            len({c.get("base_model") for c in configs}) > 1:
+        raise AdapterError(f"pretrained={pretrained!r}: the folders of {model_name!r} record different bases or "
+                           "LoRA settings")
+    branches = [branch for c in configs for branch in c["branches"]]
+    return {"base_model": configs[0]["base_model"], "branches": branches, "lora": configs[0]["lora"]}
+
+
 def create_model(model_name: str, pretrained: Optional[str] = None, **kwargs: Any) -> nn.Module:
-    """``open_clip.create_model`` that also knows T-CLIP names; stock names go to OpenCLIP unchanged."""
+    """``open_clip.create_model`` that also knows T-CLIP names; stock names go to OpenCLIP unchanged.
+
+    An unregistered name that the adapter folder(s) in ``pretrained`` record (``tclip-custom-<base>``
+    from ``train --model <base>``) is rebuilt from that record for this call.
+    """
     if model_name in _TCLIP_CONFIGS:
         return create_tclip_model(model_name, pretrained, **kwargs)
+    recorded = recorded_tclip_config(model_name, pretrained, kwargs.get("cache_dir")) \
+        if isinstance(model_name, str) and model_name.startswith("tclip-") and pretrained is not None else None
+    if recorded is not None:
+        register_tclip_model(model_name, recorded)
+        try:
+            return create_tclip_model(model_name, pretrained, **kwargs)
+        finally:
+            unregister_tclip_model(model_name)  # this load only: the name stays the folder's, not global state
     _import_builder_packages()
     if model_name in _MODEL_BUILDERS:  # e.g. 'clip-adapter' (docs/baselines.md): no OpenCLIP architecture
         return _MODEL_BUILDERS[model_name](pretrained, **kwargs)

@@ -63,10 +63,10 @@ def original_get_tokenizer():
 
 def tokenizer_model_name(model_name: str) -> str:
     """The name OpenCLIP should pick a tokenizer for: a T-CLIP name's base, any other name itself."""
-    from .registry import get_tclip_config, list_tclip_models
+    from .registry import custom_base, get_tclip_config, list_tclip_models
     if isinstance(model_name, str) and model_name in list_tclip_models():
         return get_tclip_config(model_name)["base_model"]
-    return model_name
+    return custom_base(model_name) or model_name  # 'tclip-custom-<base>': the trainer's derived name
 
 
 def _routed_get_tokenizer(model_name="", context_length=None, cache_dir=None, **kwargs):

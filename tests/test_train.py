@@ -215,6 +215,23 @@ def test_a_custom_lora_run_unregisters_its_model_name(tmp_path, shards, base_che
     assert config["model_name"] == "tclip-custom-thermal-vit-tiny" and config["lora"]["rank"] == 4
     assert "tclip-custom-thermal-vit-tiny" not in oct.registry.list_tclip_models()
     _assert_restored(before)
+    # A later process loads the folder under the recorded name (rebuilt from the record, registered for
+    # that call only), with the trained LoRA values and the base's tokenizer.
+    folder = tmp_path / "custom" / "adapters"
+    loaded = open_clip.create_model("tclip-custom-thermal-vit-tiny", pretrained=str(folder))
+    assert loaded.branches == ("global",) and loaded.lora_config.rank == 4
+    saved = load_file(str(folder / "global" / oct.adapters.WEIGHTS_NAME))
+    oct.save_adapters(loaded, tmp_path / "resaved")
+    again = load_file(str(tmp_path / "resaved" / "global" / oct.adapters.WEIGHTS_NAME))
+    assert any(name.endswith("lora_B") and value.abs().sum() > 0 for name, value in saved.items())  # trained
+    assert saved.keys() == again.keys() and all(torch.equal(saved[name], again[name]) for name in saved)
+    assert "tclip-custom-thermal-vit-tiny" not in oct.registry.list_tclip_models()
+    assert torch.equal(open_clip.get_tokenizer("tclip-custom-thermal-vit-tiny")(["a hot engine"]),
+                       open_clip.get_tokenizer("thermal-vit-tiny")(["a hot engine"]))
+    from open_clip_thermal.benchmark import main as benchmark_main
+    assert benchmark_main(["--data", shards, "--variant", f"lora-global=tclip-custom-thermal-vit-tiny:{folder}",
+                           "--base-model", "thermal-vit-tiny", "--base-pretrained", "none", "--recall-k", "1", "--no-plots",
+                           "--group-field", "", "--out", str(tmp_path / "bench")]) == 0
 
 
 def test_checkpoints_and_adapters_go_to_the_run_folder_of_the_trainer_args(tmp_path, shards, base_checkpoint):

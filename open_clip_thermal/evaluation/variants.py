@@ -152,7 +152,8 @@ def check_spec(spec: VariantSpec) -> None:
     # baselines whose architecture is recorded in their weights folder ('clip-adapter')
     from open_clip_thermal.baselines import list_baseline_models
     known.update(list_baseline_models())
-    if not spec.model.startswith(("hf-hub:", "local-dir:")) and spec.model not in known:
+    from open_clip_thermal.registry import custom_base  # 'tclip-custom-<base>': rebuilt from its adapter folders
+    if not spec.model.startswith(("hf-hub:", "local-dir:")) and spec.model not in known and not custom_base(spec.model):
         raise BenchmarkError(f"variant {spec.name}: unknown model {spec.model!r} "
                              "(not an OpenCLIP, T-CLIP or baseline model name; see open_clip.list_models() "
                              "and open_clip_thermal.baselines.list_baseline_models())")

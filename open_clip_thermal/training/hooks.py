@@ -50,7 +50,7 @@ from ..data.decode import ThermalNorm
 from ..base_model import FORCE_GELU, Provenance, resolve_activation
 from ..baselines import (EXPORT_NAME, ClipAdapterModel, DeclipConfig, DeclipLoss, DeclipModel, save_clip_adapter,
                          save_openclip_weights)
-from ..contracts import FINE_GRAINED, GLOBAL, MIXED
+from ..contracts import FINE_GRAINED, GLOBAL, MIXED, TCLIP_CUSTOM_PREFIX
 from ..model import DualLoRAFusion
 from ..settings import BOTH, BRANCH_MODES, CLIP_ADAPTER_ALPHA, CLIP_ADAPTER_REDUCTION, METHODS, LoRAConfig
 from ..registry import get_tclip_config, list_tclip_models, register_tclip_model, unregister_tclip_model
@@ -161,7 +161,7 @@ class TrainerHooks:
         if model_name in list_tclip_models():
             return model_name
         # A stock OpenCLIP architecture: register the recipe on it under a derived name.
-        name = f"tclip-custom-{model_name}"
+        name = TCLIP_CUSTOM_PREFIX + model_name
         if name not in self._registered:  # undone when the run ends (installed)
             self._registered[name] = get_tclip_config(name) if name in list_tclip_models() else None
         register_tclip_model(name, {"base_model": model_name, "branches": [GLOBAL],
