@@ -372,3 +372,12 @@ def test_help_explains_every_option_and_imports_no_torch():
             "print('TORCH' if 'torch' in sys.modules else 'CLEAN', file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stderr.strip().endswith("CLEAN") and "--commit-every" in done.stdout
+
+
+def test_cli_says_on_the_console_that_the_model_is_untrained(tmp_path, tiny_images, capsys):
+    """The log goes to the index folder; a random-weights model's warning must reach the console too."""
+    folder = copy_images(tiny_images, tmp_path / "images", count=2)
+    assert main(["index", "--index", str(tmp_path / "idx"), "--folder", str(folder), "--model", "thermal-vit-tiny",
+                 "--workers", "0", "--no-progress"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "built with random weights" in line]
+    assert len(said) == 1 and said[0].startswith("warning: base model 'thermal-vit-tiny'")
