@@ -1,8 +1,9 @@
-"""Fixtures shared by the training and baseline tests."""
+"""Fixtures shared by several test files: training data, base weights, a loopback Hub."""
 import pytest
 import torch
 
 from model_helpers import tiny_clip
+from server_helpers import LoopbackHub, point_hub_client_at
 from train_helpers import make_shards
 
 
@@ -17,3 +18,11 @@ def base_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("base") / "base.pt"
     torch.save(tiny_clip(seed=0).state_dict(), path)
     return str(path)
+
+
+@pytest.fixture
+def loopback_hub(tmp_path, monkeypatch):
+    """A running LoopbackHub that huggingface_hub (and so OpenCLIP) talks to, with a fresh cache."""
+    with LoopbackHub() as server:
+        point_hub_client_at(server, tmp_path, monkeypatch)
+        yield server

@@ -1,6 +1,6 @@
 """push_adapters and pretrained='hf-hub:ORG/NAME' against a loopback Hub (no network, nothing of ours mocked).
 
-``LoopbackHub`` (tests/server_helpers.py) is a small in-memory git-like Hub on 127.0.0.1 that answers
+``LoopbackHub`` (tests/server_helpers.py; the ``loopback_hub`` fixture in conftest.py) is a small in-memory git-like Hub on 127.0.0.1 that answers
 the routes huggingface_hub calls; huggingface_hub is pointed at it through its ``constants``.
 """
 import json
@@ -19,17 +19,9 @@ from open_clip_thermal import hub
 from open_clip_thermal.adapters import CONFIG_NAME, WEIGHTS_NAME, AdapterError
 
 from model_helpers import TINY, images, randomise_lora, tiny_clip, tokens
-from server_helpers import LoopbackHub, point_hub_client_at
 
 TOKEN = "hf_loopback_write_token"
 
-
-@pytest.fixture
-def loopback_hub(tmp_path, monkeypatch):
-    """A running LoopbackHub that huggingface_hub (and so OpenCLIP) talks to, with a fresh cache."""
-    with LoopbackHub() as server:
-        point_hub_client_at(server, tmp_path, monkeypatch)
-        yield server
 
 
 @pytest.fixture

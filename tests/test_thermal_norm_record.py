@@ -23,7 +23,6 @@ from open_clip_thermal.evaluation.errors import BenchmarkError
 
 from data_helpers import png_bytes, save_image, write_tar
 from model_helpers import randomise_lora, tiny_clip
-from server_helpers import LoopbackHub, point_hub_client_at
 
 TOKEN = "hf_loopback_write_token"
 MINMAX = ThermalNorm("minmax")
@@ -39,12 +38,6 @@ def _frame(seed: int) -> np.ndarray:
     frame[-1, -2:] = 100
     return frame
 
-
-@pytest.fixture
-def loopback_hub(tmp_path, monkeypatch):
-    with LoopbackHub() as server:
-        point_hub_client_at(server, tmp_path, monkeypatch)
-        yield server
 
 
 @pytest.fixture
