@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Union
 
 from ..contracts import FUSION_FEATURE, FUSION_MODES, FUSION_SCORE
-from ..files import atomic_write, atomic_write_all
+from ..files import atomic_write_all
 from .errors import BenchmarkError
 from .evaluate import DIRECTIONS
 
@@ -151,16 +151,6 @@ def _draw_thermal_gap(gap: Mapping, path) -> None:
     axis.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     axis.set_ylabel("matched-pair cosine")
     _save_png(figure, path)
-
-
-def plot_lambda_sweep(sweep: Mapping, label: str, path: Path) -> Path:
-    """Mean recall against λ for both fusion modes, best λ marked (PNG, written atomically)."""
-    return atomic_write(path, lambda tmp: _draw_lambda_sweep(sweep, label, tmp))
-
-
-def plot_thermal_gap(gap: Mapping, path: Path) -> Path:
-    """Bar chart of the mean matched-pair cosine per row (PNG, written atomically)."""
-    return atomic_write(path, lambda tmp: _draw_thermal_gap(gap, tmp))
 
 
 def _plot_name(label: str) -> str:
