@@ -42,10 +42,9 @@ def model_tokenizer(model: Optional[torch.nn.Module] = None, model_name: str = "
     import open_clip
     name = (provenance_of(model).base_model if model is not None else None) or model_name
     if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
-        log.warning("WARNING: no tokenizer is known for model %r (no recorded base, not an OpenCLIP name); "
-                    "encoding text with CLIP's BPE tokenizer (77 tokens), which is right only for CLIP-text bases",
-                    name)
-        warnings.warn(f"no tokenizer is known for model {name!r}; using CLIP's BPE tokenizer (77 tokens)",
+        # one report: commands that log to files capture warnings into the log (console.surfaced_warnings)
+        warnings.warn(f"no tokenizer is known for model {name!r} (no recorded base, not an OpenCLIP name); "
+                      "using CLIP's BPE tokenizer (77 tokens), which is right only for CLIP-text bases",
                       UserWarning, stacklevel=2)
     return open_clip.get_tokenizer(name)
 
