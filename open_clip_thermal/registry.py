@@ -172,7 +172,8 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
                        lam: Optional[float] = None, fusion: Optional[str] = None,
                        lora: Union[None, dict, LoRAConfig] = None, base_pretrained: Optional[str] = None,
                        strict_base: bool = True, branches: Optional[List[str]] = None,
-                       allow_zero_branch: bool = False, **kwargs) -> DualLoRAFusion:
+                       allow_zero_branch: bool = False, tclip_config: Optional[dict] = None,
+                       **kwargs) -> DualLoRAFusion:
     """Build a registered T-CLIP model.
 
     Args:
@@ -190,13 +191,15 @@ def create_tclip_model(model_name: str, pretrained: Optional[str] = None, *,
         branches: branch names overriding the config's (e.g. ``['mixed']``).
         allow_zero_branch: let an adapter folder fill only some branches of the model, the others
             staying at B = 0 (the plain base); refused by default.
+        tclip_config: the settings to build with instead of ``model_name``'s registered ones (a name
+            rebuilt from its adapter folder's record, :func:`recorded_tclip_config`).
         **kwargs: passed to ``open_clip.create_model`` for the base (precision, device, cache_dir, ...);
             ``force_gelu=True`` builds GELU on QuickGELU weights (see ``base_model``).
 
     Raises:
         AdapterError: folders that do not fit the model, or that leave a branch untrained.
     """
-    cfg = get_tclip_config(model_name)
+    cfg = json.loads(json.dumps(tclip_config)) if tclip_config is not None else get_tclip_config(model_name)
     if branches is not None:
         cfg["branches"] = list(branches)
     if kwargs.pop("jit", False):
@@ -308,12 +311,8 @@ def create_model(model_name: str, pretrained: Optional[str] = None, **kwargs: An
         return create_tclip_model(model_name, pretrained, **kwargs)
     recorded = recorded_tclip_config(model_name, pretrained, kwargs.get("cache_dir")) \
         if isinstance(model_name, str) and model_name.startswith("tclip-") and pretrained is not None else None
-    if recorded is not None:
-        register_tclip_model(model_name, recorded)
-        try:
-            return create_tclip_model(model_name, pretrained, **kwargs)
-        finally:
-            unregister_tclip_model(model_name)  # this load only: the name stays the folder's, not global state
+    if recorded is not None:  # built from the record; the name is not registered (no global state)
+        return create_tclip_model(model_name, pretrained, tclip_config=recorded, **kwargs)
     _import_builder_packages()
     if model_name in _MODEL_BUILDERS:  # e.g. 'clip-adapter' (docs/baselines.md): no OpenCLIP architecture
         return _MODEL_BUILDERS[model_name](pretrained, **kwargs)

@@ -215,8 +215,8 @@ def test_a_custom_lora_run_unregisters_its_model_name(tmp_path, shards, base_che
     assert config["model_name"] == "tclip-custom-thermal-vit-tiny" and config["lora"]["rank"] == 4
     assert "tclip-custom-thermal-vit-tiny" not in oct.registry.list_tclip_models()
     _assert_restored(before)
-    # A later process loads the folder under the recorded name (rebuilt from the record, registered for
-    # that call only), with the trained LoRA values and the base's tokenizer.
+    # A later process loads the folder under the recorded name (built from the record, never registered),
+    # with the trained LoRA values and the base's tokenizer.
     folder = tmp_path / "custom" / "adapters"
     loaded = open_clip.create_model("tclip-custom-thermal-vit-tiny", pretrained=str(folder))
     assert loaded.branches == ("global",) and loaded.lora_config.rank == 4
