@@ -18,8 +18,8 @@ are imported inside the functions that need them.
 """
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -41,26 +41,31 @@ def _fsync(path: PathLike) -> None:
         os.fsync(handle.fileno())
 
 
-def _temporary_beside(path: Path) -> str:
+def _new_beside(path: Path, make: Callable[[Path], Any]) -> Path:
+    """``make`` a new, uniquely named temporary entry beside ``path`` (``FileExistsError``: draw again)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return tmp
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            make(tmp)
+            return tmp
+        except FileExistsError:
+            continue
 
 
-def _plain_mode(path: Path, created: int = 0o666) -> int:
-    """The permissions a plain ``open(path, 'w')`` (``created`` 0o666) or ``mkdir`` (0o777) would leave:
-    the existing file's or folder's own, else ``created`` less the umask.
+def _temporary_beside(path: Path) -> str:
+    # Created as open(path, 'w') / mkdir would be (0o666 / 0o777 less the umask, applied by the system),
+    # not with mkstemp's / mkdtemp's private 0o600 / 0o700: renamed into place, those would make every
+    # result (adapters, checkpoints, results.json) unreadable to the rest of a shared project group.
+    return str(_new_beside(path, lambda tmp: os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))))
 
-    mkstemp/mkdtemp make temporaries 0o600/0o700; renaming one into place unchanged would make every
-    result (adapters, checkpoints, results.json) unreadable to the rest of a shared project group.
-    """
+
+def _existing_mode(path: Path) -> Optional[int]:
+    """The permission bits of an existing ``path`` (a rewrite keeps them, as writing in place would), or None."""
     try:
         return os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
-        umask = os.umask(0)  # the only portable way to read it; restored at once
-        os.umask(umask)
-        return created & ~umask
+        return None
 
 
 def atomic_write(path: PathLike, write: Callable[[str], Any], mode: int = None) -> Path:
@@ -99,7 +104,9 @@ def atomic_write_all(writes: Sequence[Tuple[PathLike, Callable[[str], Any]]], mo
             temporaries.append(_temporary_beside(path))
             write(temporaries[-1])
             _fsync(temporaries[-1])
-            os.chmod(temporaries[-1], _plain_mode(path) if mode is None else mode)
+            keep = _existing_mode(path) if mode is None else mode
+            if keep is not None:
+                os.chmod(temporaries[-1], keep)
         for path, tmp in zip(paths, temporaries):
             os.replace(tmp, path)
     except BaseException:
@@ -128,10 +135,11 @@ def atomic_replace_dir(folder: PathLike, fill: Callable[[Path], Any]) -> Path:
     leaves that copy rather than nothing.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    tmp = _new_beside(folder, lambda path: path.mkdir(0o777))  # as mkdir would (see _temporary_beside)
     try:
-        os.chmod(tmp, _plain_mode(folder, created=0o777))
+        keep = _existing_mode(folder)  # a replaced folder keeps its own bits
+        if keep is not None:
+            os.chmod(tmp, keep)
         fill(tmp)
         if folder.exists():
             old = folder.with_name(folder.name + ".old")
